@@ -1,0 +1,32 @@
+"""videomar_jax: VideoMAR (masked autoregressive image-to-video generation) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="videomar_jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of VideoMAR: decoder-only masked autoregressive "
+    "image-to-video generation with continuous tokens.",
+    packages=find_packages(include=["videomar_jax", "videomar_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.10",
+        "grain>=0.2.10",
+        "tensorflow-datasets>=4.9.7",
+        "array_record>=0.5",
+        "ml_collections>=0.1.1",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "tensorboardX>=2.6",
+        "imageio>=2.34",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # The CPU wheel: a plain `torch` requirement pulls several GB of CUDA packages.
+        "torch": ["torch==2.13.0", "safetensors>=0.4"],
+    },
+    entry_points={"console_scripts": ["videomar=videomar_jax.cli.main:run"]},
+)

@@ -1,0 +1,1 @@
+"""videomar_jax: VideoMAR in JAX/Flax."""
