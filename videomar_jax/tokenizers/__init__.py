@@ -1,0 +1,95 @@
+"""Video tokenizers (pixels <-> continuous latents) and their factory.
+
+``make_tokenizer(config)`` builds a tokenizer from a ``ml_collections.ConfigDict``-like
+object with a ``name`` field and the tokenizer's keyword settings, e.g.::
+
+  config.tokenizer.name = "patch"
+  config.tokenizer.patch_size = 4
+  config.tokenizer.latent_scale = 1.0
+  tokenizer = make_tokenizer(config.tokenizer)
+
+The interface is :class:`~videomar_jax.tokenizers.base.Tokenizer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from videomar_jax.tokenizers.base import (
+    Tokenizer,
+    num_latent_frames,
+    unit_to_video,
+    video_to_unit,
+)
+from videomar_jax.tokenizers.patch import PatchTokenizer
+
+__all__ = [
+    "PatchTokenizer",
+    "Tokenizer",
+    "known_tokenizers",
+    "make_tokenizer",
+    "num_latent_frames",
+    "register_tokenizer",
+    "unit_to_video",
+    "video_to_unit",
+]
+
+_MISSING = object()
+
+
+def _get(config: Any, key: str, default: Any = _MISSING) -> Any:
+  """Reads ``key`` from a ConfigDict, attribute-style object or mapping."""
+  if isinstance(config, Mapping):
+    value = config.get(key, default)
+  else:
+    value = getattr(config, key, default)
+  if value is _MISSING:
+    raise ValueError(f"tokenizer config {config!r} has no field {key!r}")
+  return value
+
+
+def _make_patch(config: Any) -> PatchTokenizer:
+  return PatchTokenizer(
+      patch_size=_get(config, "patch_size"),
+      latent_scale=_get(config, "latent_scale", 1.0),
+  )
+
+
+# config.name -> factory(config).
+_FACTORIES: dict[str, Callable[[Any], Tokenizer]] = {"patch": _make_patch}
+
+
+def register_tokenizer(name: str, factory: Callable[[Any], Tokenizer]) -> None:
+  """Adds a tokenizer kind to :func:`make_tokenizer`.
+
+  Args:
+    name: value of ``config.name`` that selects it.
+    factory: ``config -> Tokenizer``.
+
+  Raises:
+    ValueError: if ``name`` is already registered.
+  """
+  if name in _FACTORIES:
+    raise ValueError(f"tokenizer {name!r} is already registered")
+  _FACTORIES[name] = factory
+
+
+def known_tokenizers() -> list[str]:
+  """Names accepted by :func:`make_tokenizer`."""
+  return sorted(_FACTORIES)
+
+
+def make_tokenizer(config: Any) -> Tokenizer:
+  """Builds the tokenizer selected by ``config.name`` with the config's settings.
+
+  ``'patch'`` -> ``PatchTokenizer(patch_size=config.patch_size,
+  latent_scale=config.latent_scale)`` (``latent_scale`` defaults to 1.0).
+
+  Raises:
+    ValueError: for an unknown name (listing the known ones) or missing fields.
+  """
+  name = _get(config, "name")
+  if name not in _FACTORIES:
+    raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {known_tokenizers()}")
+  return _FACTORIES[name](config)

@@ -1,0 +1,138 @@
+"""VideoMAR training config: `--config=configs/videomar.py:<preset>`.
+
+Presets size the transformer and the diffusion head; the rest (data, curriculum, optimiser)
+is shared and can be overridden from the command line, e.g.
+`--config.batch_size=16 --config.optim.base_lr=2e-4`. The config is locked, so a misspelled
+key is an error rather than a silently ignored setting.
+
+The `paper` preset is the model of the paper (width 1536, depth 36, 24 heads, ~1.4B
+parameters, Cosmos 16-channel latents, 1536-d text context of 300 tokens, diffusion head
+of depth 3 and width 1024). The data and curriculum defaults here are the CPU-sized
+built-in `bouncing_balls` set; paper-scale runs override `data`, `tokenizer` and `stages`.
+"""
+
+import ml_collections
+
+# name: (width, depth, num_heads, head_width, head_depth)
+MODEL_PRESETS = {
+    "tiny": (64, 2, 4, 64, 2),
+    "small": (256, 6, 4, 256, 3),
+    "base": (768, 12, 12, 768, 3),
+    "paper": (1536, 36, 24, 1024, 3),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  preset = arg or "tiny"
+  if preset not in MODEL_PRESETS:
+    raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}.")
+  width, depth, num_heads, head_width, head_depth = MODEL_PRESETS[preset]
+
+  config = ml_collections.ConfigDict()
+  config.preset = preset
+  config.seed = 0
+
+  # ---- Tokenizer: pixels -> latents [B, T, h, w, C] (already multiplied by latent_scale).
+  config.tokenizer = ml_collections.ConfigDict()
+  config.tokenizer.name = "patch"
+  config.tokenizer.patch_size = 4
+  config.tokenizer.latent_scale = 1.0
+
+  # ---- Transformer (DESIGN.md section 3).
+  config.model = ml_collections.ConfigDict()
+  config.model.width = width
+  config.model.depth = depth
+  config.model.num_heads = num_heads
+  config.model.mlp_ratio = 4
+  config.model.patch_size = 1  # latents -> tokens; the patch tokenizer already patchifies.
+  # Channels of each head given to the (t, h, w) RoPE axes; () = (hd/2, hd/4, hd/4).
+  config.model.rope_split = ()
+  config.model.rope_base = 10000.0
+  config.model.dtype = "float32"  # computation dtype; parameters stay float32.
+  config.model.scan_layers = True
+  config.model.remat_policy = "none"  # none | full | dots
+  # Optional cross-attention context: none | class | text.
+  config.model.context = ml_collections.ConfigDict()
+  config.model.context.kind = "none"
+  config.model.context.num_classes = 0
+  config.model.context.dim = 0  # text feature width Dc
+  config.model.context.length = 0  # text tokens L
+  config.model.context.drop_prob = 0.1  # replaced by the learned null context (CFG)
+
+  # ---- Diffusion head (DESIGN.md section 4, MAR's DiffLoss).
+  config.head = ml_collections.ConfigDict()
+  config.head.width = head_width
+  config.head.depth = head_depth
+  config.head.num_timesteps = 1000
+  config.head.noise_schedule = "cosine"
+  config.head.num_sampling_steps = 100
+  config.head.diffusion_batch_mul = 4
+
+  # ---- Next-frame diffusion loss (DESIGN.md section 5).
+  config.loss = ml_collections.ConfigDict()
+  config.loss.mode = "paper"  # paper | all_frames
+  config.loss.num_cond_frames = 1
+  config.loss.mask_ratio_min = 0.7
+  config.loss.mask_ratio_std = 0.25
+
+  # ---- Data.
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "bouncing_balls"
+  config.data.data_dir = ""  # "" = <workdir>/data
+  config.data.num_train_clips = 1024
+  config.data.num_test_clips = 64
+  config.data.num_frames = 16
+  config.data.resolution = 32
+  config.data.num_balls = 2
+  config.data.worker_count = 0
+
+  # ---- Curriculum: stages run in order, each from the previous stage's weights
+  # (short-to-long in frames, then progressive resolution). batch_size 0 = config.batch_size.
+  config.batch_size = 16
+  config.stages = [
+      ml_collections.ConfigDict(dict(num_frames=4, resolution=32, steps=300, batch_size=0)),
+      ml_collections.ConfigDict(dict(num_frames=8, resolution=32, steps=300, batch_size=0)),
+  ]
+
+  # ---- Optimiser (DESIGN.md section 5).
+  config.optim = ml_collections.ConfigDict()
+  config.optim.base_lr = 1e-4  # per 256 examples: lr = base_lr * batch_size / 256
+  config.optim.lr = 0.0  # > 0 overrides the batch-size scaling
+  config.optim.warmup_steps = 50
+  config.optim.schedule = "constant"  # constant | cosine (after warmup)
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.95
+  config.optim.weight_decay = 0.02
+  config.optim.grad_clip = 1.0
+  config.optim.ema_decay = 0.999
+
+  # ---- Loop, logging, checkpoints.
+  config.train = ml_collections.ConfigDict()
+  config.train.log_every = 10
+  config.train.checkpoint_every = 100
+  config.train.keep_checkpoints = 3
+
+  if preset == "tiny":
+    config.optim.lr = 1e-3  # tiny models on tiny data want a larger step than 1e-4*B/256
+  if preset == "paper":
+    config.model.patch_size = 1
+    config.model.dtype = "bfloat16"
+    config.model.remat_policy = "full"
+    config.model.context.kind = "text"
+    config.model.context.dim = 1536
+    config.model.context.length = 300
+    # Cosmos continuous video tokenizer: 8x temporal, 8x8 spatial, 16 channels, x0.5.
+    config.tokenizer = ml_collections.ConfigDict(
+        dict(name="cosmos", variant="CV8x8x8", latent_channels=16, latent_scale=0.5))
+    config.data.resolution = 256
+    config.data.num_frames = 193  # (1 + 8 * 24) pixel frames -> 25 latent frames
+    config.batch_size = 256
+    config.optim.lr = 0.0
+    config.optim.ema_decay = 0.9999
+    config.stages = [
+        # num_frames counts pixel frames: 33 / 97 / 193 -> 5 / 13 / 25 latent frames.
+        ml_collections.ConfigDict(dict(num_frames=33, resolution=256, steps=20000, batch_size=0)),
+        ml_collections.ConfigDict(dict(num_frames=97, resolution=256, steps=20000, batch_size=0)),
+        ml_collections.ConfigDict(dict(num_frames=193, resolution=256, steps=20000, batch_size=0)),
+    ]
+  return config

@@ -1,0 +1,21 @@
+# Sourced by the launch scripts: makes sure ./.venv exists and has this package installed
+# with its extras, then puts it first on PATH. Re-installs only when setup.py changes.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating virtual environment in $REPO_ROOT/.venv"
+  "$PYTHON" -m venv .venv
+fi
+STAMP=".venv/.videomar_installed_$(sha1sum setup.py | cut -c1-12)"
+if [ ! -f "$STAMP" ]; then
+  echo "[setup] installing videomar_jax with extras [test,torch] (first run takes a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test,torch]"
+  rm -f .venv/.videomar_installed_* && touch "$STAMP"
+fi
+export PATH="$REPO_ROOT/.venv/bin:$PATH"
+# Quiet TensorFlow-less TFDS and JAX's CPU-only notice; keep real warnings.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"

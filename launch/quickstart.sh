@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job on the built-in data, on the CPU: build the bouncing_balls dataset, then train
+# the `tiny` VideoMAR through its two-stage curriculum. Usage:
+#   bash launch/quickstart.sh [workdir]        (default: runs/quickstart)
+# Re-running on the same workdir resumes from its latest checkpoint.
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+WORKDIR="${1:-runs/quickstart}"
+shift $(( $# > 0 ? 1 : 0 ))
+mkdir -p "$WORKDIR"
+videomar data build --dataset=bouncing_balls --data_dir="$WORKDIR/data"
+videomar train --config=configs/videomar.py:tiny --workdir="$WORKDIR" \
+  --config.data.data_dir="$WORKDIR/data" "$@"
+echo "[quickstart] done: checkpoints in $WORKDIR/checkpoints, TensorBoard logs in $WORKDIR/tensorboard"

@@ -1,0 +1,66 @@
+"""Shared fixtures: a very small config and model so that tests run fast on a CPU."""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  """`configs/videomar.py:<arg>`, loaded as the CLI would."""
+  spec = importlib.util.spec_from_file_location("videomar_config",
+                                                os.path.join(REPO, "configs", "videomar.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def small_config(**model_overrides) -> ml_collections.ConfigDict:
+  """A 2-layer width-32 model on 16x16 clips of 6 frames: compiles and runs in seconds."""
+  config = load_config("tiny")
+  config.model.width = 32
+  config.model.depth = 2
+  config.model.num_heads = 2
+  config.head.width = 32
+  config.head.depth = 1
+  config.head.diffusion_batch_mul = 2
+  config.head.num_sampling_steps = 10
+  config.data.num_train_clips = 24
+  config.data.num_test_clips = 4
+  config.data.num_frames = 6
+  config.data.resolution = 16
+  config.batch_size = 4
+  config.optim.warmup_steps = 2
+  config.stages = [
+      ml_collections.ConfigDict(dict(num_frames=3, resolution=16, steps=4, batch_size=0)),
+      ml_collections.ConfigDict(dict(num_frames=4, resolution=16, steps=4, batch_size=2)),
+  ]
+  config.train.log_every = 2
+  config.train.checkpoint_every = 2
+  for key, value in model_overrides.items():
+    config.model[key] = value
+  return config
+
+
+def perturb(params, rng, scale=0.1):
+  """Moves every parameter off its init (zero-init layers would hide dependencies)."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(rng, len(leaves))
+  return jax.tree_util.tree_unflatten(
+      treedef, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+@pytest.fixture
+def config():
+  return small_config()
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: end-to-end tests that launch training processes "
+      "(deselect with -m 'not slow')")

@@ -1,0 +1,142 @@
+"""Next-frame diffusion loss: mode equivalence, causality, bi-directionality, mask hygiene."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import perturb, small_config
+from videomar_jax.losses import next_frame
+from videomar_jax.models.videomar import VideoMAR
+
+B, T, H, W = 2, 4, 2, 3
+N = H * W
+N_COND = 1
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = VideoMAR(small_config())
+  params = perturb(model.init(jax.random.key(0)), jax.random.key(1))
+  tokens = jax.random.normal(jax.random.key(2), (B, T, N, model.token_dim))
+  return model, params, tokens
+
+
+def _draws(model, mode, rng=3):
+  config = model.config.loss.copy_and_resolve_references()
+  config.mode = mode
+  return next_frame.draw(jax.random.key(rng), config, batch_size=B, num_frames=T,
+                         tokens_per_frame=N, token_dim=model.token_dim,
+                         diffusion_batch_mul=model.config.head.diffusion_batch_mul,
+                         num_timesteps=1000)
+
+
+def _paper_draws_for_frame(all_draws, k):
+  """The paper-mode draws that predict frame k with the all-frames mask and noise of k."""
+  j = k - N_COND
+  return next_frame.LossDraws(
+      target_frame=jnp.full((B,), k, jnp.int32),
+      token_mask=all_draws.token_mask[:, j:j + 1],
+      timesteps=all_draws.timesteps[:, :, j:j + 1],
+      noise=all_draws.noise[:, :, j:j + 1],
+      drop_context=all_draws.drop_context)
+
+
+def _losses(model, params, tokens, draws, mode):
+  return next_frame.per_token_losses(model, params, tokens, draws, mode=mode,
+                                     num_cond=N_COND, h=H, w=W)
+
+
+def _z(model, params, tokens, draws, mode):
+  return next_frame.conditions_and_targets(model, params, tokens, draws, mode=mode,
+                                           num_cond=N_COND, h=H, w=W)[0]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_frame_k_loss_is_the_same_in_both_modes(setup, k):
+  model, params, tokens = setup
+  all_draws = _draws(model, "all_frames")
+  all_losses = _losses(model, params, tokens, all_draws, "all_frames")
+  paper_losses = _losses(model, params, tokens, _paper_draws_for_frame(all_draws, k), "paper")
+  np.testing.assert_allclose(paper_losses[:, :, 0], all_losses[:, :, k - N_COND],
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_draws_follow_the_masking_law(setup):
+  model, _, _ = setup
+  for mode, frames in (("paper", 1), ("all_frames", T - N_COND)):
+    draws = _draws(model, mode)
+    assert draws.token_mask.shape == (B, frames, N)
+    counts = np.asarray(draws.token_mask.sum(-1))
+    assert np.all(counts >= np.ceil(0.7 * N)) and np.all(counts <= N)
+    assert draws.timesteps.shape == (model.config.head.diffusion_batch_mul, B, frames, N)
+  ratios = next_frame.sample_mask_ratio(jax.random.key(0), (20000,), 0.7, 0.25)
+  assert 0.7 <= float(ratios.min()) and float(ratios.max()) <= 1.0
+  assert 0.83 < float(ratios.mean()) < 0.87  # mean of N(1, .25) truncated to [.7, 1]
+  frames = np.asarray(next_frame.draw(
+      jax.random.key(1), model.config.loss, batch_size=4000, num_frames=T, tokens_per_frame=N,
+      token_dim=1, diffusion_batch_mul=1, num_timesteps=1000).target_frame)
+  assert set(np.unique(frames)) == set(range(N_COND, T))
+
+
+@pytest.mark.parametrize("mode", ["paper", "all_frames"])
+def test_later_frames_cannot_change_earlier_outputs(setup, mode):
+  model, params, tokens = setup
+  draws = _draws(model, mode)
+  if mode == "paper":
+    draws = draws.replace(target_frame=jnp.full((B,), 2, jnp.int32))
+  changed = tokens.at[:, 3].add(5.0)  # the last frame: after frame k=2
+  z, z_changed = _z(model, params, tokens, draws, mode), _z(model, params, changed, draws, mode)
+  if mode == "paper":
+    np.testing.assert_allclose(z, z_changed, atol=1e-5)
+  else:  # supervised frames 1, 2 unaffected; frame 3's prediction sees no frame-3 context
+    np.testing.assert_allclose(z[:, :2], z_changed[:, :2], atol=1e-5)
+  # And an earlier frame does matter.
+  assert not np.allclose(z, _z(model, params, tokens.at[:, 0].add(5.0), draws, mode), atol=1e-3)
+
+
+def test_tokens_within_a_frame_see_each_other(setup):
+  model, params, tokens = setup
+  draws = _draws(model, "paper").replace(target_frame=jnp.full((B,), 2, jnp.int32),
+                                         token_mask=jnp.zeros((B, 1, N), bool).at[:, :, 0].set(True))
+  z = _z(model, params, tokens, draws, "paper")
+  # Changing the last (visible) token of frame 2 changes the output at its first token.
+  z_changed = _z(model, params, tokens.at[:, 2, N - 1].add(5.0), draws, "paper")
+  assert not np.allclose(z[:, 0, 0], z_changed[:, 0, 0], atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["paper", "all_frames"])
+def test_masked_token_values_never_reach_the_model(setup, mode):
+  model, params, tokens = setup
+  draws = _draws(model, mode)
+  if mode == "paper":
+    frame_mask = (jnp.arange(T)[None, :, None] == draws.target_frame[:, None, None]) & \
+        draws.token_mask
+  else:
+    frame_mask = jnp.zeros((B, T, N), bool).at[:, N_COND:].set(draws.token_mask)
+  z = _z(model, params, tokens, draws, mode)
+  if mode == "paper":
+    z_garbage = _z(model, params, jnp.where(frame_mask[..., None], jnp.nan, tokens), draws,
+                   mode)
+    np.testing.assert_array_equal(z, z_garbage)
+  else:
+    # The clean copies of frames < T-1 are context, so only the last frame exists solely as
+    # a (masked) target copy: NaN at its masked positions must be harmless.
+    last = jnp.where(frame_mask[:, -1:, :, None], jnp.nan, tokens[:, -1:])
+    z_garbage = _z(model, params, tokens.at[:, -1:].set(last), draws, mode)
+    np.testing.assert_array_equal(z, z_garbage)
+
+
+def test_loss_is_finite_and_differentiable(setup):
+  model, params, tokens = setup
+  for mode in ("paper", "all_frames"):
+    model.config.loss.mode = mode
+    try:
+      loss_fn = lambda p: next_frame.next_frame_loss(model, p, tokens, jax.random.key(0),
+                                                     h=H, w=W)[0]
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+    finally:
+      model.config.loss.mode = "paper"
+    assert np.isfinite(loss)
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)]
+    assert all(np.isfinite(norms)) and max(norms) > 0

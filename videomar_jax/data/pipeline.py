@@ -1,0 +1,255 @@
+"""Grain input pipeline for video clips.
+
+:func:`make_loader` turns a random-access source of clips (e.g.
+``bouncing_balls.load(data_dir, "train")``, or any ``len``/``__getitem__`` object whose
+records are dicts with ``frames`` uint8 ``[F0, H0, W0, 3]`` and optionally
+``centres`` float ``[F0, K, 2]``) into a ``grain.DataLoader`` that
+
+1. shuffles deterministically by ``seed`` (``grain.samplers.IndexSampler``,
+   reshuffled every epoch) and shards per process (``grain.sharding.ShardOptions``;
+   each process reads a disjoint, equally sized part of every epoch),
+2. crops ``num_frames`` consecutive frames at a random start
+   (:class:`RandomTemporalCrop`, a ``grain.transforms.RandomMap``: grain seeds the
+   generator of every record from ``seed`` and the record's position in the global
+   order, so crops are reproducible and identical after a checkpoint restore),
+3. resizes to ``resolution x resolution`` (:class:`Resize`: area average when the
+   source size is a multiple of it, otherwise nearest neighbour; ``centres`` are
+   mapped to the new pixel grid), and
+4. batches ``global_batch_size // shard_count`` elements per process, dropping the
+   incomplete last batch of a finite run.
+
+Each batch is a dict::
+
+    {"video":   uint8   [b, num_frames, resolution, resolution, 3],
+     "centres": float32 [b, num_frames, K, 2]}   # only if the source has centres
+
+with ``b = global_batch_size // shard_count``. Centres are ``(x, y)`` = (column, row)
+pixel coordinates of the resized frames.
+
+With ``worker_count > 0`` every worker assembles whole batches from its own share
+of the shard's records, so the batch composition depends on ``worker_count``; the
+records and their crops do not (the crop generator depends only on ``seed`` and the
+record's position in the global order).
+
+Checkpointing: ``iterator = iter(loader)``; ``iterator.get_state()`` returns the
+position as JSON ``bytes`` and ``iterator.set_state(state)`` on a fresh iterator of an
+identically configured loader (same ``worker_count`` too) resumes with the very same
+batches. With orbax use ``grain.checkpoint.CheckpointSave(iterator)`` /
+``grain.checkpoint.CheckpointRestore(iterator)`` (handler
+``grain.checkpoint.CheckpointHandler``, one JSON file per process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+__all__ = [
+    "RandomTemporalCrop",
+    "Resize",
+    "make_loader",
+    "resize_centres",
+    "resize_video",
+]
+
+
+def resize_video(video: np.ndarray, resolution: int) -> np.ndarray:
+  """Resizes ``uint8 [F, H, W, C]`` frames to ``[F, resolution, resolution, C]``.
+
+  Uses an area average (rounded to the nearest integer, halves up) when ``H`` and
+  ``W`` are both multiples of ``resolution`` and nearest-neighbour sampling
+  (pixel-centre aligned) otherwise; returns the input unchanged when the size
+  already matches.
+  """
+  video = np.asarray(video)
+  if video.ndim != 4:
+    raise ValueError(f"video must have shape [F, H, W, C], got {video.shape}")
+  _, height, width, _ = video.shape
+  if height == resolution and width == resolution:
+    return video
+  if height % resolution == 0 and width % resolution == 0:
+    sy, sx = height // resolution, width // resolution
+    f, _, _, c = video.shape
+    blocks = video.reshape(f, resolution, sy, resolution, sx, c).astype(np.uint32)
+    total = blocks.sum(axis=(2, 4))
+    count = sy * sx
+    return ((total + count // 2) // count).astype(video.dtype)
+  rows = _nearest_indices(height, resolution)
+  cols = _nearest_indices(width, resolution)
+  return video[:, rows][:, :, cols]
+
+
+def _nearest_indices(size: int, new_size: int) -> np.ndarray:
+  """Source index whose pixel contains the centre of each output pixel."""
+  positions = (np.arange(new_size) + 0.5) * (size / new_size)
+  return np.clip(np.floor(positions).astype(np.int64), 0, size - 1)
+
+
+def resize_centres(
+    centres: np.ndarray, height: int, width: int, resolution: int
+) -> np.ndarray:
+  """Maps ``(x, y)`` pixel coordinates from an ``H x W`` grid to the resized grid.
+
+  Pixel ``i`` covers ``[i - 0.5, i + 0.5]``, so ``x' = (x + 0.5) * res / W - 0.5``
+  (and likewise for ``y``), which matches both resizing modes of
+  :func:`resize_video`.
+  """
+  centres = np.asarray(centres, dtype=np.float32)
+  scale = np.array([resolution / width, resolution / height], dtype=np.float32)
+  return ((centres + 0.5) * scale - 0.5).astype(np.float32)
+
+
+class RandomTemporalCrop(grain.transforms.RandomMap):
+  """Crops ``num_frames`` consecutive frames starting at a random frame.
+
+  Input: a source record with ``frames`` ``[F0, H, W, 3]`` (and optionally
+  ``centres`` ``[F0, K, 2]``). Output: ``{"video": [num_frames, H, W, 3],
+  "centres": [num_frames, K, 2]}`` cropped at the same start.
+  """
+
+  def __init__(self, num_frames: int):
+    if num_frames < 1:
+      raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    self.num_frames = num_frames
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    frames = _get_frames(element)
+    available = frames.shape[0]
+    if available < self.num_frames:
+      raise ValueError(
+          f"clip has {available} frames but num_frames={self.num_frames} "
+          "consecutive frames were requested"
+      )
+    start = int(rng.integers(0, available - self.num_frames + 1))
+    stop = start + self.num_frames
+    out = {"video": np.asarray(frames[start:stop], dtype=np.uint8)}
+    if "centres" in element:
+      out["centres"] = np.asarray(element["centres"][start:stop], dtype=np.float32)
+    return out
+
+
+class Resize(grain.transforms.Map):
+  """Resizes ``video`` to ``resolution x resolution`` and rescales ``centres``."""
+
+  def __init__(self, resolution: int):
+    if resolution < 1:
+      raise ValueError(f"resolution must be >= 1, got {resolution}")
+    self.resolution = resolution
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    video = element["video"]
+    _, height, width, _ = video.shape
+    out = dict(element)
+    out["video"] = resize_video(video, self.resolution)
+    if "centres" in element:
+      out["centres"] = resize_centres(element["centres"], height, width, self.resolution)
+    return out
+
+
+def _get_frames(element: Any) -> np.ndarray:
+  if not isinstance(element, dict) or "frames" not in element:
+    keys = sorted(element) if isinstance(element, dict) else type(element).__name__
+    raise ValueError(f"source records must be dicts with a 'frames' entry, got {keys}")
+  frames = element["frames"]
+  if np.ndim(frames) != 4 or np.shape(frames)[-1] != 3:
+    raise ValueError(f"'frames' must have shape [F, H, W, 3], got {np.shape(frames)}")
+  return frames
+
+
+def make_loader(
+    source: Any,
+    *,
+    global_batch_size: int,
+    num_frames: int,
+    resolution: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    worker_count: int = 0,
+) -> grain.DataLoader:
+  """Builds the grain loader for random-access ``source`` (see module docstring).
+
+  Args:
+    source: random-access data source (``len`` and ``__getitem__``), records are
+      dicts with ``frames`` uint8 ``[F0, H0, W0, 3]`` and optional ``centres``.
+    global_batch_size: batch size summed over all shards (processes).
+    num_frames: consecutive frames cropped from every clip.
+    resolution: side length of the output frames.
+    seed: seed of the shuffle order and the temporal crops (0 <= seed < 2**32).
+    shuffle: shuffle records (reshuffled every epoch); otherwise source order.
+    num_epochs: passes over the data; ``None`` repeats forever.
+    shard_index: this process's shard; defaults to ``jax.process_index()``.
+    shard_count: number of shards; defaults to ``jax.process_count()``.
+    worker_count: grain worker processes (0 = transform in this process).
+
+  Returns:
+    A ``grain.DataLoader``; iterate it for batches (dicts of numpy arrays).
+
+  Raises:
+    ValueError: if ``global_batch_size`` is not divisible by ``shard_count``, on
+      invalid shard indices, or if the clips are shorter than ``num_frames``.
+  """
+  if shard_index is None:
+    shard_index = jax.process_index()
+  if shard_count is None:
+    shard_count = jax.process_count()
+  if shard_count < 1 or not 0 <= shard_index < shard_count:
+    raise ValueError(
+        f"invalid sharding: shard_index={shard_index}, shard_count={shard_count}; "
+        "need shard_count >= 1 and 0 <= shard_index < shard_count"
+    )
+  if global_batch_size < 1 or global_batch_size % shard_count != 0:
+    raise ValueError(
+        f"global_batch_size={global_batch_size} must be a positive multiple of "
+        f"shard_count={shard_count} (the number of processes / shards)"
+    )
+  if num_frames < 1 or resolution < 1:
+    raise ValueError(
+        f"num_frames and resolution must be >= 1, got {num_frames} and {resolution}"
+    )
+  num_records = len(source)
+  if num_records < 1:
+    raise ValueError("the data source is empty")
+  # Fail early (not inside a worker) when the clips are too short.
+  available = _get_frames(source[0]).shape[0]
+  if available < num_frames:
+    raise ValueError(
+        f"clips have {available} frames but num_frames={num_frames} consecutive "
+        "frames were requested"
+    )
+
+  if worker_count and not flags.FLAGS.is_parsed():
+    # Grain's worker processes read absl flags; outside `absl.app.run` (scripts,
+    # notebooks, tests) they are unparsed, so use their defaults.
+    flags.FLAGS.mark_as_parsed()
+
+  shard_options = grain.sharding.ShardOptions(
+      shard_index=shard_index, shard_count=shard_count, drop_remainder=True
+  )
+  sampler = grain.samplers.IndexSampler(
+      num_records=num_records,
+      shard_options=shard_options,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      seed=seed,
+  )
+  operations = [
+      RandomTemporalCrop(num_frames),
+      Resize(resolution),
+      grain.transforms.Batch(
+          batch_size=global_batch_size // shard_count, drop_remainder=True
+      ),
+  ]
+  return grain.DataLoader(
+      data_source=source,
+      sampler=sampler,
+      operations=operations,
+      worker_count=worker_count,
+      shard_options=shard_options,
+  )

@@ -1,0 +1,70 @@
+"""Analytic parameter and FLOP counts (reported by `videomar info`).
+
+FLOPs count multiply-adds as 2 FLOPs and only matmuls (norms, RoPE, softmax are ignored).
+Per transformer layer and token of a sequence of S tokens with width D:
+  self-attention projections  2 * (3D*D + D*D)
+  attention scores and mix    2 * 2 * S * D   (the dense S x S product that runs; the frame-
+                                               causal mask does not skip work)
+  cross-attention (context)   2 * 2 * D*D + 2 * 2 * L * D, plus 2 * L * 2D*D per example
+  FFN                         2 * 2 * D * mlp_ratio*D
+plus z_proj (2 * token_dim * D per token). The diffusion head (width W, depth K) costs per
+token and diffusion sample 2 * (C*W + 256*W + W*W + D*W + K*(2W*W + 3W*W) + 2W*W + 2C*W)
+and runs on N tokens of each supervised frame, `diffusion_batch_mul` times. A training
+example costs 3x the forward FLOPs (backward = 2x forward).
+"""
+
+import jax
+import ml_collections
+import numpy as np
+
+from videomar_jax.losses.next_frame import num_supervised_frames
+from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.tokenizers.geometry import tokenizer_geometry
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def params_per_module(model: VideoMAR) -> dict[str, int]:
+  """Parameter counts of the top-level pieces of the transformer and the diffusion head."""
+  abstract = model.abstract_params()
+  counts = {}
+  for part, tree in abstract.items():
+    for name, sub in tree.items():
+      key = f"{part}/blocks (x{model.config.model.depth})" if name.startswith("blocks") \
+          else f"{part}/{name}"
+      counts[key] = counts.get(key, 0) + count_params(sub)
+  return counts
+
+
+def sequence_shape(config: ml_collections.ConfigDict, num_frames: int,
+                   resolution: int) -> dict[str, int]:
+  """Latent frames, tokens per frame and sequence length for a clip of pixel frames."""
+  geometry = tokenizer_geometry(config.tokenizer)
+  t = (num_frames - 1) // geometry.temporal_stride + 1
+  side = resolution // (geometry.spatial_stride * config.model.patch_size)
+  n = side * side
+  f = num_supervised_frames(config.loss.mode, t, config.loss.num_cond_frames)
+  s = t * n if config.loss.mode == "paper" else (t - 1 + f) * n
+  return {"latent_frames": t, "tokens_per_frame": n, "sequence_length": s,
+          "supervised_frames": f}
+
+
+def train_flops_per_example(config: ml_collections.ConfigDict, num_frames: int,
+                            resolution: int, token_dim: int) -> float:
+  m, hd = config.model, config.head
+  d, w, c = m.width, hd.width, token_dim
+  shape = sequence_shape(config, num_frames, resolution)
+  s = shape["sequence_length"]
+  per_token_layer = 2 * 4 * d * d + 2 * 2 * s * d + 2 * 2 * d * m.mlp_ratio * d
+  per_example_layer = 0
+  if m.context.kind != "none":
+    length = m.context.length if m.context.kind == "text" else 1
+    per_token_layer += 2 * 2 * d * d + 2 * 2 * length * d
+    per_example_layer += 2 * length * 2 * d * d
+  transformer = s * (2 * c * d + m.depth * per_token_layer) + m.depth * per_example_layer
+  head_per_token = 2 * (c * w + 256 * w + w * w + d * w + hd.depth * 5 * w * w + 2 * w * w
+                        + 2 * c * w)
+  head_tokens = shape["supervised_frames"] * shape["tokens_per_frame"] * hd.diffusion_batch_mul
+  return 3.0 * (transformer + head_tokens * head_per_token)

@@ -1,0 +1,158 @@
+"""Next-frame diffusion loss (DESIGN.md section 5), in two modes.
+
+`paper`: per sample a target frame k in [n_cond, T-1]; frames before k are clean, frame k is
+  masked at ratio r ~ truncated normal on [mask_ratio_min, 1] (mean 1, std 0.25), ceil(N*r)
+  tokens in a random per-sample order. Thanks to frame-causal attention the whole clip runs
+  at once; frames after k cannot influence frame k, and only frame k's masked tokens carry
+  loss.
+`all_frames`: one sequence holding the clean frames 0..T-2 (context stream) and masked copies
+  of frames n_cond..T-1 (target stream, see `models/sequence.py`). The target copy of frame j
+  sees clean frames < j and itself, exactly the conditional of the paper's loss for k = j,
+  so every frame after the given ones is supervised in one forward pass.
+
+The loss is MAR's: each (z, target) pair is repeated `diffusion_batch_mul` times with
+independent diffusion timesteps and noise, and the per-token diffusion loss is averaged over
+the masked tokens. As in MAR the head runs on every token of the target frame(s) with the
+visible ones weighted 0: the masked count varies per sample and shapes must stay static (at
+mask_ratio_min = 0.7 at least 70% of that work is used).
+
+All randomness is drawn up front into `LossDraws`, so tests can fix masks and noise.
+"""
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from videomar_jax.models import sequence
+
+LOSS_MODES = ("paper", "all_frames")
+
+
+@flax.struct.dataclass
+class LossDraws:
+  """The random choices of one loss evaluation. F' = 1 (paper) or T - n_cond (all_frames)."""
+  target_frame: jax.Array  # [B] int32, the paper mode's frame k (all_frames: unused, n_cond)
+  token_mask: jax.Array  # [B, F', N] bool, True = masked (predicted, carries loss)
+  timesteps: jax.Array  # [mul, B, F', N] int32 diffusion timesteps
+  noise: jax.Array  # [mul, B, F', N, C] float32 diffusion noise
+  drop_context: jax.Array  # [B] bool, True = use the null context
+
+
+def random_token_mask(rng: jax.Array, num_masked: jax.Array, num_tokens: int) -> jax.Array:
+  """[B] counts -> [B, N] mask with that many tokens masked at random positions."""
+  scores = jax.random.uniform(rng, (num_masked.shape[0], num_tokens))
+  ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)  # a random order per sample
+  return ranks < num_masked[:, None]
+
+
+def sample_mask_ratio(rng: jax.Array, shape, minimum: float, std: float) -> jax.Array:
+  """Truncated normal on [minimum, 1] with mean 1 and std `std` (MAR's mask ratio law)."""
+  return 1.0 + std * jax.random.truncated_normal(rng, (minimum - 1.0) / std, 0.0, shape)
+
+
+def num_supervised_frames(mode: str, num_frames: int, num_cond: int) -> int:
+  return 1 if mode == "paper" else num_frames - num_cond
+
+
+def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: int,
+         num_frames: int, tokens_per_frame: int, token_dim: int, diffusion_batch_mul: int,
+         num_timesteps: int, context_drop_prob: float = 0.0) -> LossDraws:
+  """Draws target frames, masks, diffusion timesteps and noise, and context drops."""
+  mode, n_cond = loss_config.mode, loss_config.num_cond_frames
+  if mode not in LOSS_MODES:
+    raise ValueError(f"loss.mode {mode!r} not in {LOSS_MODES}.")
+  if not 1 <= n_cond < num_frames:
+    raise ValueError(f"loss.num_cond_frames={n_cond} needs 1 <= n_cond < num_frames="
+                     f"{num_frames} latent frames.")
+  b, n, mul = batch_size, tokens_per_frame, diffusion_batch_mul
+  f = num_supervised_frames(mode, num_frames, n_cond)
+  keys = jax.random.split(rng, 6)
+  target_frame = jax.random.randint(keys[0], (b,), n_cond, num_frames)
+  if mode == "all_frames":
+    target_frame = jnp.full((b,), n_cond, jnp.int32)
+  ratio = sample_mask_ratio(keys[1], (b * f,), loss_config.mask_ratio_min,
+                            loss_config.mask_ratio_std)
+  num_masked = jnp.clip(jnp.ceil(n * ratio).astype(jnp.int32), 1, n)
+  token_mask = random_token_mask(keys[2], num_masked, n).reshape(b, f, n)
+  timesteps = jax.random.randint(keys[3], (mul, b, f, n), 0, num_timesteps)
+  noise = jax.random.normal(keys[4], (mul, b, f, n, token_dim))
+  drop_context = jax.random.bernoulli(keys[5], context_drop_prob, (b,))
+  return LossDraws(target_frame, token_mask, timesteps, noise, drop_context)
+
+
+def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int):
+  """Static (positions [S, 3], attention mask [S, S]) of the training sequence."""
+  if mode == "paper":
+    frames = np.arange(num_frames)
+    is_target = np.zeros(num_frames, bool)
+  else:
+    frames = np.concatenate([np.arange(num_frames - 1), np.arange(num_cond, num_frames)])
+    is_target = np.arange(len(frames)) >= num_frames - 1
+  n = h * w
+  token_frames = np.repeat(frames, n).astype(np.int32)
+  token_is_target = np.repeat(is_target, n)
+  mask = sequence.attention_mask(token_frames, token_is_target, token_frames, token_is_target)
+  return sequence.frame_positions(frames, h, w), mask
+
+
+def conditions_and_targets(model, params, tokens: jax.Array, draws: LossDraws, *, mode: str,
+                           num_cond: int, h: int, w: int, context=None, context_mask=None):
+  """Runs the transformer; returns (z [B, F', N, D], targets [B, F', N, C]) of the
+  supervised frames. tokens: [B, T, N, C] clean tokens of the clip."""
+  b, t, n, c = tokens.shape
+  if n != h * w:
+    raise ValueError(f"tokens have {n} per frame, expected h*w = {h}*{w}.")
+  positions, attn_mask = sequence_layout(mode, t, num_cond, h, w)
+  if mode == "paper":
+    is_target_frame = jnp.arange(t)[None, :] == draws.target_frame[:, None]  # [B, T]
+    is_masked = is_target_frame[:, :, None] & draws.token_mask  # mask only frame k
+    seq = tokens
+  else:
+    seq = jnp.concatenate([tokens[:, :t - 1], tokens[:, num_cond:]], axis=1)
+    is_masked = jnp.concatenate(
+        [jnp.zeros((b, t - 1, n), bool), draws.token_mask], axis=1)
+  z = model.encode(params, seq.reshape(b, -1, c), is_masked.reshape(b, -1), positions,
+                   attn_mask, context, context_mask, draws.drop_context)
+  z = z.reshape(b, seq.shape[1], n, -1)
+  if mode == "paper":
+    pick = draws.target_frame[:, None, None, None]
+    return (jnp.take_along_axis(z, pick, axis=1), jnp.take_along_axis(tokens, pick, axis=1))
+  return z[:, t - 1:], tokens[:, num_cond:]
+
+
+def per_token_losses(model, params, tokens, draws: LossDraws, *, mode, num_cond, h, w,
+                     context=None, context_mask=None) -> jax.Array:
+  """Diffusion loss of every token of the supervised frames, [mul, B, F', N]."""
+  z, targets = conditions_and_targets(model, params, tokens, draws, mode=mode,
+                                      num_cond=num_cond, h=h, w=w, context=context,
+                                      context_mask=context_mask)
+  mul = draws.timesteps.shape[0]
+  z = jnp.broadcast_to(z[None], (mul,) + z.shape)
+  targets = jnp.broadcast_to(targets[None], (mul,) + targets.shape)
+  flat = lambda a: a.reshape(-1, a.shape[-1])
+  losses = model.diffusion_losses(params, flat(z), flat(targets),
+                                  draws.timesteps.reshape(-1), flat(draws.noise))
+  return losses.reshape(draws.timesteps.shape)
+
+
+def next_frame_loss(model, params, tokens: jax.Array, rng: jax.Array, *, h: int, w: int,
+                    context=None, context_mask=None, train: bool = True):
+  """The training loss: mean diffusion loss over the masked tokens of the target frame(s).
+
+  tokens: [B, T, N, C] clean tokens of a clip (latents patchified, N = h * w).
+  Returns (loss, aux) with aux = {"masked_fraction": ...}.
+  """
+  cfg = model.config
+  b, t, n, c = tokens.shape
+  drop_prob = cfg.model.context.drop_prob if (train and cfg.model.context.kind != "none") else 0.
+  draws = draw(rng, cfg.loss, batch_size=b, num_frames=t, tokens_per_frame=n, token_dim=c,
+               diffusion_batch_mul=cfg.head.diffusion_batch_mul,
+               num_timesteps=model.train_schedule.num_timesteps, context_drop_prob=drop_prob)
+  losses = per_token_losses(model, params, tokens, draws, mode=cfg.loss.mode,
+                            num_cond=cfg.loss.num_cond_frames, h=h, w=w, context=context,
+                            context_mask=context_mask)
+  weights = draws.token_mask.astype(jnp.float32)
+  loss = jnp.sum(losses * weights[None]) / (losses.shape[0] * jnp.sum(weights))
+  return loss, {"masked_fraction": jnp.mean(weights)}

@@ -1,0 +1,90 @@
+"""Self- and cross-attention of the Step-Video block (DESIGN.md section 3).
+
+Parameter layout follows Step-Video so PyTorch weights map one to one: the fused `wqkv`
+kernel is [D, heads, 3, head_dim] (PyTorch's output features ordered head, q/k/v,
+head_dim), the cross-attention `wkv` kernel is [D, heads, 2, head_dim]; no biases; q and k
+get a per-head RMSNorm (eps 1e-6) with a learned weight.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from videomar_jax.models import rope
+from videomar_jax.models.layers import RMSNorm, dense
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None) -> jax.Array:
+  """Softmax attention with logits and softmax in float32.
+
+  q [B, Sq, H, hd], k/v [B, Sk, H, hd], mask boolean broadcastable to [B, H, Sq, Sk].
+  Disallowed keys get the most negative float, so they weigh exactly zero whenever a query
+  has at least one allowed key.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class SelfAttention(nn.Module):
+  """Fused-QKV self-attention with per-head q/k RMSNorm and 3D RoPE.
+
+  `project` and `attend` are separate so that the KV-cached sampler can store the keys and
+  values of finished frames and attend to them later.
+  """
+  width: int
+  num_heads: int
+  rope_split: Sequence[int]
+  rope_base: float = 10000.0
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    head_dim = sum(self.rope_split)
+    self.wqkv = dense((self.num_heads, 3, head_dim), ("embed", "heads", "qkv", "kv"),
+                      name="wqkv", use_bias=False, dtype=self.dtype)
+    self.q_norm = RMSNorm(name="q_norm")
+    self.k_norm = RMSNorm(name="k_norm")
+    self.wo = dense(self.width, ("heads", "kv", "embed"), in_axes=(-2, -1), name="wo",
+                    use_bias=False, dtype=self.dtype)
+
+  def project(self, x: jax.Array, positions: jax.Array):
+    """x [B, S, D] -> normalised, rotated q and k, and v; each [B, S, H, hd]."""
+    qkv = self.wqkv(x)
+    q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+    q = rope.apply_rope_3d(self.q_norm(q), positions, self.rope_split, self.rope_base)
+    k = rope.apply_rope_3d(self.k_norm(k), positions, self.rope_split, self.rope_base)
+    return q, k, v
+
+  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    return self.wo(dot_product_attention(q, k, v, mask))
+
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    q, k, v = self.project(x, positions)
+    return self.attend(q, k, v, mask)
+
+
+class CrossAttention(nn.Module):
+  """Cross-attention from the tokens to the context (no RoPE, no norm on the query input)."""
+  width: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array) -> jax.Array:
+    """x [B, S, D], context [B, L, D], context_mask [B, L] (True = a real token)."""
+    head_dim = self.width // self.num_heads
+    q = dense((self.num_heads, head_dim), ("embed", "heads", "kv"), name="wq", use_bias=False,
+              dtype=self.dtype)(x)
+    kv = dense((self.num_heads, 2, head_dim), ("embed", "heads", "qkv", "kv"), name="wkv",
+               use_bias=False, dtype=self.dtype)(context)
+    q = RMSNorm(name="q_norm")(q)
+    k = RMSNorm(name="k_norm")(kv[..., 0, :])
+    out = dot_product_attention(q, k, kv[..., 1, :], context_mask[:, None, None, :])
+    return dense(self.width, ("heads", "kv", "embed"), in_axes=(-2, -1), name="wo",
+                 use_bias=False, dtype=self.dtype)(out)

@@ -1,0 +1,75 @@
+"""Small building blocks shared by the transformer: dense layers and norms with logical axes.
+
+Every parameter is created through `nn.with_logical_partitioning`, so a sharding rules table
+(logical axis name -> mesh axis) can place it later without touching the model code.
+Logical axis names used by the transformer:
+  embed (width D), mlp (FFN hidden), heads, kv (head dim), qkv (the fused q/k/v or k/v
+  index), token_channels (input token width), context_embed (text feature width),
+  context_length, classes, modulation (the 6 rows of scale_shift_table), layers (scan axis).
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def dense(features: int | Sequence[int], axes: Sequence[str], name: str, *,
+          in_axes: int | Sequence[int] = -1, use_bias: bool = True, dtype: Dtype = jnp.float32,
+          param_dtype: Dtype = jnp.float32, kernel_init=None) -> nn.DenseGeneral:
+  """A `DenseGeneral` whose kernel (and bias) carry the logical axis names `axes`.
+
+  `axes` names the kernel's dimensions: the contracted input dims first, then the outputs.
+  The default init is Xavier-uniform with fans over the contracted and the output dims
+  (MAR's `_init_weights`; `DenseGeneral` initialises the kernel flattened to 2D).
+  """
+  features = (features,) if isinstance(features, int) else tuple(features)
+  in_axes_t = (in_axes,) if isinstance(in_axes, int) else tuple(in_axes)
+  n_in = len(in_axes_t)
+  kernel_init = kernel_init or nn.initializers.xavier_uniform()
+  return nn.DenseGeneral(
+      features=features, axis=in_axes, use_bias=use_bias, dtype=dtype,
+      param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, tuple(axes)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                             tuple(axes[n_in:])))
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm computed in float32 (PyTorch `nn.LayerNorm` semantics), optional affine."""
+  eps: float = 1e-5
+  use_affine: bool = True
+  axis_name: str = "embed"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.use_affine:
+      dim = x.shape[-1]
+      scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                               (self.axis_name,)), (dim,))
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                             (self.axis_name,)), (dim,))
+      y = y * scale + bias
+    return y
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm with a learned weight (the per-head q/k norm of Step-Video), in float32."""
+  eps: float = 1e-6
+  axis_name: str = "kv"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    weight = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                              (self.axis_name,)),
+                        (x.shape[-1],))
+    return (y * weight).astype(x.dtype)

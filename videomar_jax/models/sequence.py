@@ -1,0 +1,66 @@
+"""How a video becomes one token sequence: token layout, 3D positions and attention masks.
+
+A sequence is a concatenation of frames of N = h * w tokens. Each token has a frame index
+(its RoPE time position) and belongs to one of two streams:
+  * the context stream (`is_target=False`): frames the model sees as they are. A token of
+    frame i attends to context tokens of frames <= i (temporal causality, spatial
+    bi-directionality);
+  * the target stream (`is_target=True`), used by the all-frames loss: a masked copy of frame j
+    that attends to context frames < j and to itself, never to other target frames.
+With only the context stream this is the paper's frame-causal mask. The KV-cached sampler
+uses the same rule with the cache as keys (unwritten cache slots get frame index
+`EMPTY_FRAME`, which no query can see).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EMPTY_FRAME = np.iinfo(np.int32).max  # frame index of keys nobody may attend to
+
+
+def frame_positions(frame_indices, h: int, w: int) -> np.ndarray:
+  """(frame, row, column) of every token of the given frames, [len(frames) * h * w, 3]."""
+  frames = np.asarray(frame_indices, np.int32)
+  rows, cols = np.meshgrid(np.arange(h, dtype=np.int32), np.arange(w, dtype=np.int32),
+                           indexing="ij")
+  grid = np.stack([rows.ravel(), cols.ravel()], axis=-1)  # [N, 2]
+  out = [np.concatenate([np.full((h * w, 1), f, np.int32), grid], axis=-1) for f in frames]
+  return np.concatenate(out, axis=0) if out else np.zeros((0, 3), np.int32)
+
+
+def attention_mask(q_frame, q_is_target, k_frame, k_is_target) -> jax.Array:
+  """Boolean [Sq, Sk] (or batched) mask: which keys each query may attend to.
+
+  Args are integer frame indices and boolean stream flags for queries and keys; leading
+  batch dims broadcast.
+  """
+  q_frame, k_frame = jnp.asarray(q_frame)[..., :, None], jnp.asarray(k_frame)[..., None, :]
+  q_tgt, k_tgt = jnp.asarray(q_is_target)[..., :, None], jnp.asarray(k_is_target)[..., None, :]
+  see_context = ~k_tgt & jnp.where(q_tgt, k_frame < q_frame, k_frame <= q_frame)
+  see_own_target = k_tgt & q_tgt & (k_frame == q_frame)
+  return see_context | see_own_target
+
+
+def frame_causal_mask(num_frames: int, tokens_per_frame: int) -> jax.Array:
+  """The paper's mask for a clip of clean/partially masked frames: [S, S]."""
+  frames = np.repeat(np.arange(num_frames, dtype=np.int32), tokens_per_frame)
+  not_target = np.zeros_like(frames, bool)
+  return attention_mask(frames, not_target, frames, not_target)
+
+
+def patchify(latents: jax.Array, p: int) -> jax.Array:
+  """[B, T, h, w, C] latents -> [B, T, (h/p)*(w/p), p*p*C] tokens (channel order dy, dx, c)."""
+  b, t, h, w, c = latents.shape
+  if h % p or w % p:
+    raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {p}.")
+  x = latents.reshape(b, t, h // p, p, w // p, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, t, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(tokens: jax.Array, p: int, h: int, w: int) -> jax.Array:
+  """Inverse of `patchify`: [B, T, N, p*p*C] -> [B, T, h, w, C] with h, w latent sizes."""
+  b, t, n, d = tokens.shape
+  c = d // (p * p)
+  x = tokens.reshape(b, t, h // p, w // p, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, t, h, w, c)

@@ -1,0 +1,217 @@
+"""The VideoMAR transformer (DESIGN.md section 3): tokens -> per-token conditions z.
+
+`z_proj` embeds the (patchified latent) tokens, masked positions take one learned
+`mask_token`, a stack of Step-Video blocks with frame-causal self-attention (3D RoPE, no
+learned position table) and optional cross-attention to a context runs over the sequence,
+and a final LayerNorm gives z. Layers can be stacked with `nn.scan` (one compiled block,
+parameters with a leading `layers` axis) and rematerialised; `scanned_to_layers` /
+`layers_to_scanned` convert between the two parameter layouts.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videomar_jax.models import rope
+from videomar_jax.models.attention import CrossAttention, SelfAttention
+from videomar_jax.models.layers import LayerNorm, dense
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+CONTEXT_KINDS = ("none", "class", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Static hyper-parameters of the transformer (built from `config.model`)."""
+  token_dim: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: int = 4
+  rope_split: tuple[int, int, int] = ()
+  rope_base: float = 10000.0
+  dtype: Any = jnp.float32
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  context_kind: str = "none"
+  num_classes: int = 0
+  context_dim: int = 0
+  context_length: int = 0
+
+  def __post_init__(self):
+    if self.width % self.num_heads:
+      raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}.")
+    object.__setattr__(self, "rope_split",
+                       rope.resolve_split(self.width // self.num_heads, self.rope_split))
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}.")
+    if self.context_kind not in CONTEXT_KINDS:
+      raise ValueError(f"context kind {self.context_kind!r} not in {CONTEXT_KINDS}.")
+    if self.context_kind == "class" and self.num_classes <= 0:
+      raise ValueError("context kind 'class' needs model.context.num_classes > 0.")
+    if self.context_kind == "text" and (self.context_dim <= 0 or self.context_length <= 0):
+      raise ValueError("context kind 'text' needs model.context.dim and .length > 0.")
+
+  @property
+  def uses_context(self) -> bool:
+    return self.context_kind != "none"
+
+
+class Block(nn.Module):
+  """Step-Video transformer block without a diffusion timestep.
+
+  The six modulation vectors come from a learned table (rows: shift_msa, scale_msa,
+  gate_msa, shift_mlp, scale_mlp, gate_mlp). The residual stream stays float32; matmuls run
+  in `config.dtype`.
+  """
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, context, context_mask, positions, attn_mask):
+    cfg = self.config
+    table = self.param(
+        "scale_shift_table",
+        nn.with_logical_partitioning(nn.initializers.normal(cfg.width ** -0.5),
+                                     ("modulation", "embed")), (6, cfg.width))
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table
+    h = LayerNorm(eps=1e-5, name="norm1")(x) * (1 + scale_msa) + shift_msa
+    h = SelfAttention(cfg.width, cfg.num_heads, cfg.rope_split, cfg.rope_base, cfg.dtype,
+                      name="attn1")(h.astype(cfg.dtype), positions, attn_mask)
+    x = x + gate_msa * h
+    if cfg.uses_context:
+      x = x + CrossAttention(cfg.width, cfg.num_heads, cfg.dtype, name="attn2")(
+          x.astype(cfg.dtype), context, context_mask)
+    h = LayerNorm(eps=1e-5, name="norm2")(x) * (1 + scale_mlp) + shift_mlp
+    h = dense(cfg.width * cfg.mlp_ratio, ("embed", "mlp"), name="ff_proj", use_bias=False,
+              dtype=cfg.dtype)(h.astype(cfg.dtype))
+    h = nn.gelu(h, approximate=True)
+    h = dense(cfg.width, ("mlp", "embed"), name="ff_out", use_bias=False, dtype=cfg.dtype)(h)
+    return (x + gate_mlp * h).astype(jnp.float32)
+
+
+class _ScanBlock(Block):
+  """`Block` with the (carry, broadcast args) -> (carry, None) signature of `nn.scan`."""
+
+  def __call__(self, x, context, context_mask, positions, attn_mask):
+    return super().__call__(x, context, context_mask, positions, attn_mask), None
+
+
+class VideoMARTransformer(nn.Module):
+  """Masked tokens + context -> z, one vector per token for the diffusion head."""
+  config: TransformerConfig
+
+  def embed_context(self, batch_size, context, context_mask, drop_context):
+    """Returns (context [B, L, D], mask [B, L]) or (None, None) when the model has none.
+
+    `context` is text features [B, L, Dc] (with `context_mask` [B, L], True = real token) or
+    class labels [B]. `drop_context` [B] swaps in the learned null context `fake_latent`
+    (classifier-free guidance); a missing context means the null context for everyone.
+    """
+    cfg = self.config
+    if not cfg.uses_context:
+      if context is not None:
+        raise ValueError("a context was given but model.context.kind is 'none'.")
+      return None, None
+    length = cfg.context_length if cfg.context_kind == "text" else 1
+    null = self.param("fake_latent", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, "context_length", "embed")),
+        (1, length, cfg.width))
+    null = jnp.broadcast_to(null, (batch_size, length, cfg.width))
+    null_mask = jnp.ones((batch_size, length), bool)
+    if cfg.context_kind == "class":
+      table = self.param("class_emb", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), ("classes", "embed")), (cfg.num_classes, cfg.width))
+      if context is not None:
+        if context.shape != (batch_size,):
+          raise ValueError(f"class labels must have shape [{batch_size}], got {context.shape}.")
+        context, context_mask = table[context][:, None, :], null_mask
+    else:
+      proj = dense(cfg.width, ("context_embed", "embed"), name="context_embed")
+      if context is not None:
+        if context.shape[0] != batch_size or context.shape[2] != cfg.context_dim:
+          raise ValueError(f"text context must be [{batch_size}, L, {cfg.context_dim}], got "
+                           f"{context.shape}.")
+        if context_mask is None:
+          context_mask = jnp.ones(context.shape[:2], bool)
+        context = proj(context.astype(cfg.dtype)).astype(jnp.float32)
+      else:
+        proj(jnp.zeros((1, 1, cfg.context_dim), cfg.dtype))  # creates the parameters
+    if context is None:
+      return null, null_mask
+    if context.shape[1] != length:  # text shorter/longer than the null context: pad to it
+      raise ValueError(f"text context length {context.shape[1]} != model.context.length "
+                       f"{length}; pad it and pass context_mask.")
+    if drop_context is not None:
+      context = jnp.where(drop_context[:, None, None], null, context)
+      context_mask = jnp.where(drop_context[:, None], True, context_mask)
+    return context.astype(cfg.dtype), context_mask.astype(bool)
+
+  @nn.compact
+  def __call__(self, tokens, is_masked, positions, attn_mask, context=None, context_mask=None,
+               drop_context=None):
+    """Runs the transformer.
+
+    Args:
+      tokens: [B, S, token_dim] token values; the values at masked positions are never read.
+      is_masked: [B, S] bool, True where the token is replaced by `mask_token`.
+      positions: [S, 3] or [B, S, 3] integer (frame, row, column) RoPE positions.
+      attn_mask: boolean [Sq, Sk] or [B, Sq, Sk], see `sequence.attention_mask`.
+      context, context_mask, drop_context: see `embed_context`.
+    Returns:
+      z: [B, S, width] float32.
+    """
+    cfg = self.config
+    b, s, d = tokens.shape
+    if d != cfg.token_dim:
+      raise ValueError(f"tokens have {d} channels, the model expects {cfg.token_dim}.")
+    mask_token = self.param("mask_token", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, cfg.width))
+    # Zero the masked values before the projection too, so nothing of them (not even a NaN)
+    # can reach the network.
+    tokens = jnp.where(is_masked[..., None], 0.0, tokens)
+    x = dense(cfg.width, ("token_channels", "embed"), name="z_proj", dtype=cfg.dtype)(
+        tokens.astype(cfg.dtype)).astype(jnp.float32)
+    x = jnp.where(is_masked[..., None], mask_token.astype(jnp.float32), x)
+
+    ctx, ctx_mask = self.embed_context(b, context, context_mask, drop_context)
+    attn_mask = attn_mask[:, None] if attn_mask.ndim == 3 else attn_mask[None, None]
+    if cfg.scan_layers:
+      block = _ScanBlock
+      if cfg.remat_policy != "none":
+        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+      x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(nn.broadcast,) * 4, length=cfg.depth,
+                     metadata_params={nn.PARTITION_NAME: "layers"})(
+                         cfg, name="blocks")(x, ctx, ctx_mask, positions, attn_mask)
+    else:
+      block = Block
+      if cfg.remat_policy != "none":
+        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy])
+      for i in range(cfg.depth):
+        x = block(cfg, name=f"blocks_{i}")(x, ctx, ctx_mask, positions, attn_mask)
+    return LayerNorm(eps=1e-6, name="decoder_norm")(x)
+
+
+def scanned_to_layers(params: dict, depth: int) -> dict:
+  """Transformer params with a stacked `blocks` entry -> per-layer `blocks_{i}` entries."""
+  params = dict(params)
+  stacked = params.pop("blocks")
+  for i in range(depth):
+    params[f"blocks_{i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
+  return params
+
+
+def layers_to_scanned(params: dict, depth: int) -> dict:
+  """Inverse of `scanned_to_layers`."""
+  params = dict(params)
+  layers = [params.pop(f"blocks_{i}") for i in range(depth)]
+  params["blocks"] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *layers)
+  return params

@@ -1,0 +1,29 @@
+"""Static shape facts of a configured tokenizer, known without building it.
+
+Used to size the model and count FLOPs (e.g. `videomar info` on the paper config, whose
+Cosmos tokenizer need not be loaded to know it gives 16 channels at 8x8x8 compression).
+"""
+
+import dataclasses
+import re
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerGeometry:
+  temporal_stride: int
+  spatial_stride: int
+  latent_channels: int
+
+
+def tokenizer_geometry(config: ml_collections.ConfigDict) -> TokenizerGeometry:
+  """Strides and channels from `config.tokenizer` (patch or a Cosmos `CV{t}x{s}x{s}`)."""
+  if config.name == "patch":
+    return TokenizerGeometry(1, config.patch_size, 3 * config.patch_size ** 2)
+  if config.name == "cosmos":
+    match = re.fullmatch(r"CV(\d+)x(\d+)x(\d+)", config.variant)
+    if not match or match.group(2) != match.group(3):
+      raise ValueError(f"Cosmos variant {config.variant!r} is not of the form CV<t>x<s>x<s>.")
+    return TokenizerGeometry(int(match.group(1)), int(match.group(2)), config.latent_channels)
+  raise ValueError(f"Unknown tokenizer {config.name!r}; known: 'patch', 'cosmos'.")

@@ -1,0 +1,70 @@
+"""Parameter-free patch tokenizer: space-to-depth on pixels.
+
+Every ``p x p`` block of RGB pixels becomes one latent with ``3 * p * p`` channels in
+``(dy, dx, rgb)`` order, i.e. channel ``(dy * p + dx) * 3 + c`` holds pixel
+``(p * i + dy, p * j + dx)`` colour ``c`` of latent ``(i, j)``. Frames are kept as
+they are (temporal stride 1). Decoding is the exact inverse (depth-to-space).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from videomar_jax.tokenizers.base import Tokenizer
+
+__all__ = ["PatchTokenizer"]
+
+
+class PatchTokenizer(Tokenizer):
+  """Space-to-depth tokenizer with spatial stride ``patch_size``.
+
+  Args:
+    patch_size: side ``p`` of the square pixel patches (>= 1).
+    latent_scale: factor applied to the latents by ``encode`` (must be non-zero).
+  """
+
+  def __init__(self, patch_size: int, latent_scale: float = 1.0):
+    if int(patch_size) != patch_size or patch_size < 1:
+      raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+    if not latent_scale:
+      raise ValueError(f"latent_scale must be non-zero, got {latent_scale!r}")
+    self._patch_size = int(patch_size)
+    self._latent_scale = float(latent_scale)
+
+  def __repr__(self) -> str:
+    return f"PatchTokenizer(patch_size={self._patch_size}, latent_scale={self._latent_scale})"
+
+  @property
+  def patch_size(self) -> int:
+    return self._patch_size
+
+  @property
+  def temporal_stride(self) -> int:
+    return 1
+
+  @property
+  def spatial_stride(self) -> int:
+    return self._patch_size
+
+  @property
+  def latent_channels(self) -> int:
+    return 3 * self._patch_size * self._patch_size
+
+  @property
+  def latent_scale(self) -> float:
+    return self._latent_scale
+
+  def _encode(self, video: jax.Array) -> jax.Array:
+    b, f, height, width, c = video.shape
+    p = self._patch_size
+    x = video.reshape(b, f, height // p, p, width // p, p, c)
+    x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))  # [b, f, h, w, dy, dx, c]
+    return x.reshape(b, f, height // p, width // p, p * p * c)
+
+  def _decode(self, latents: jax.Array) -> jax.Array:
+    b, t, h, w, _ = latents.shape
+    p = self._patch_size
+    x = latents.reshape(b, t, h, w, p, p, 3)
+    x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))  # [b, t, h, dy, w, dx, c]
+    return x.reshape(b, t, h * p, w * p, 3)

@@ -1,0 +1,57 @@
+"""Orbax checkpoints of a run: train state, data-iterator state, curriculum position, config.
+
+Layout: `<workdir>/checkpoints/<step>/{state,data,meta}`. `meta` is JSON with the stage
+index whose data iterator was saved and the run's config, so a restarted run knows where
+in the curriculum it is before it builds the data pipeline. Orbax writes each step to a
+temporary folder and renames it when complete, so a run killed mid-save keeps the previous
+checkpoint intact.
+"""
+
+import os
+
+import grain
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """A thin wrapper around `ocp.CheckpointManager` for the trainer's three items."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "data", "meta"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator, stage: int,
+           config: ml_collections.ConfigDict) -> None:
+    meta = {"step": int(step), "stage": int(stage), "config": config.to_json_best_effort()}
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.wait_until_finished()
+
+  def restore_meta(self, step: int) -> dict:
+    return self._restore(step, meta=ocp.args.JsonRestore())["meta"]
+
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """Restores the state (into `abstract_state`'s structure) and, if given, the iterator."""
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self._restore(step, **args)["state"]
+
+  def _restore(self, step: int, **args):
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # orbax raises many types; name the checkpoint that failed
+      raise RuntimeError(f"Could not restore checkpoint {self.directory}/{step} "
+                         f"({', '.join(args)}): {type(e).__name__}: {e}") from e
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

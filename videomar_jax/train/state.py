@@ -1,0 +1,64 @@
+"""The train state pytree and the jitted training step."""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from videomar_jax.losses import next_frame
+from videomar_jax.models import sequence
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and replaces; saved whole in checkpoints."""
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any  # float32 master weights
+  opt_state: Any
+  ema_params: Any  # exponential moving average of params (used for sampling)
+  rng: jax.Array  # the run's base key; step keys are fold_in(rng, step)
+
+
+def create_state(model, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+  init_rng, run_rng = jax.random.split(jax.random.key(seed))
+  params = model.init(init_rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                    rng=jax.random.key_data(run_rng))
+
+
+def video_to_tokens(model, tokenizer, video: jax.Array):
+  """uint8 video [B, F, H, W, 3] -> (tokens [B, T, N, C], (h, w) token grid)."""
+  pixels = video.astype(jnp.float32) / 127.5 - 1.0
+  latents = tokenizer.encode(pixels)
+  p = model.config.model.patch_size
+  _, _, lh, lw, _ = latents.shape
+  return sequence.patchify(latents, p), (lh // p, lw // p)
+
+
+def make_train_step(model, tokenizer, optimizer: optax.GradientTransformation,
+                    ema_decay: float):
+  """Returns `train_step(state, batch) -> (state, metrics)` (pure; jit it with donation)."""
+
+  def train_step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    tokens, (h, w) = video_to_tokens(model, tokenizer, batch["video"])
+
+    def loss_fn(params):
+      return next_frame.next_frame_loss(model, params, tokens, rng, h=h, w=w,
+                                        context=batch.get("context"),
+                                        context_mask=batch.get("context_mask"))
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                 state.ema_params, params)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema), metrics
+
+  return train_step

@@ -1,0 +1,219 @@
+"""The training loop: curriculum stages, logging, checkpoints, preemption, NaN guard.
+
+Sections: setup (model, tokenizer, optimizer, jitted step), resume (latest checkpoint ->
+train state, curriculum stage and data-iterator state), and the loop over stages. A stage
+fixes the clip length, resolution and batch size; moving to the next stage re-jits the step
+for the new shapes and keeps the parameters (3D RoPE needs no resizing).
+
+Every step's loss goes to `<workdir>/metrics.jsonl`; every `log_every` steps a progress line
+(step, loss, grad norm, steps/s, ETA) goes to the console and scalars to TensorBoard
+(`<workdir>/tensorboard`). A non-finite loss stops the run before anything is saved, so the
+last checkpoint stays the last good one. SIGTERM (a TPU preemption notice) makes the loop
+save at the next step boundary and return.
+"""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tensorboardX import SummaryWriter
+
+from videomar_jax.data import bouncing_balls, pipeline
+from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.tokenizers import make_tokenizer
+from videomar_jax.train import optimizer as optim_lib
+from videomar_jax.train.checkpoint import Checkpointer
+from videomar_jax.train.state import TrainState, create_state, make_train_step
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when a step's loss or gradient norm is NaN or Inf."""
+
+
+def stage_bounds(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+  """[start, end) global steps of every curriculum stage."""
+  bounds, start = [], 0
+  for stage in config.stages:
+    bounds.append((start, start + stage.steps))
+    start += stage.steps
+  return bounds
+
+
+def stage_batch_size(config, stage) -> int:
+  return stage.batch_size or config.batch_size
+
+
+def validate(config: ml_collections.ConfigDict, tokenizer) -> None:
+  """Config checks that would otherwise fail deep inside jit with an unclear message."""
+  if not config.stages:
+    raise ValueError("config.stages is empty: give at least one curriculum stage.")
+  for i, stage in enumerate(config.stages):
+    if stage.steps <= 0:
+      raise ValueError(f"stage {i}: steps must be > 0, got {stage.steps}.")
+    if stage.num_frames > config.data.num_frames:
+      raise ValueError(f"stage {i}: num_frames {stage.num_frames} > the dataset's clips "
+                       f"({config.data.num_frames} frames).")
+    stride = tokenizer.spatial_stride * config.model.patch_size
+    if stage.resolution % stride:
+      raise ValueError(f"stage {i}: resolution {stage.resolution} is not divisible by the "
+                       f"tokenizer stride x patch size = {stride}.")
+    t = tokenizer.num_latent_frames(stage.num_frames)
+    if t <= config.loss.num_cond_frames:
+      raise ValueError(f"stage {i}: {t} latent frames leave nothing to predict after "
+                       f"{config.loss.num_cond_frames} given frame(s).")
+
+
+def open_dataset(config: ml_collections.ConfigDict, workdir: str, split: str = "train"):
+  """Builds the built-in dataset if needed and returns a random-access source."""
+  if config.data.dataset != "bouncing_balls":
+    raise ValueError(f"data.dataset {config.data.dataset!r} is not known; the built-in "
+                     "dataset is 'bouncing_balls'.")
+  data_dir = config.data.data_dir or os.path.join(workdir, "data")
+  return bouncing_balls.load(
+      data_dir, split, num_train_clips=config.data.num_train_clips,
+      num_test_clips=config.data.num_test_clips, num_frames=config.data.num_frames,
+      resolution=config.data.resolution, num_balls=config.data.num_balls)
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM; the loop checks it at step boundaries."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, no preemption support
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step: int, metrics: dict, checkpointer: Checkpointer) -> None:
+  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    latest = checkpointer.latest_step()
+    kept = (f"the last good checkpoint is step {latest} in {checkpointer.directory}"
+            if latest is not None else "no checkpoint had been written yet")
+    raise NonFiniteLossError(f"non-finite training metrics at step {step}: {bad}. Stopping; "
+                             f"{kept} and was not overwritten.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) a run in `workdir`; returns a summary dict."""
+  # ---- Setup.
+  os.makedirs(workdir, exist_ok=True)
+  model = VideoMAR(config)
+  tokenizer = make_tokenizer(config.tokenizer)
+  validate(config, tokenizer)
+  bounds = stage_bounds(config)
+  total_steps = bounds[-1][1]
+  optimizer = optim_lib.make_optimizer(config.optim, config.batch_size, total_steps)
+  step_fn = jax.jit(make_train_step(model, tokenizer, optimizer, config.optim.ema_decay),
+                    donate_argnums=0)
+  schedule = optim_lib.lr_schedule(config.optim, config.batch_size, total_steps)
+  source = open_dataset(config, workdir)
+  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
+  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  # ---- Resume.
+  latest = checkpointer.latest_step()
+  meta = checkpointer.restore_meta(latest) if latest is not None else None
+  if meta is not None:
+    print(f"Resuming from checkpoint step {latest} (stage {meta['stage']}).", flush=True)
+  abstract_state = jax.eval_shape(lambda: create_state(model, optimizer, config.seed))
+  state: TrainState | None = None
+  step = latest or 0
+  status = "done"
+
+  # ---- Loop over curriculum stages.
+  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  try:
+    with _PreemptionFlag() as preemption:
+      for stage_index, (stage, (start, end)) in enumerate(zip(config.stages, bounds)):
+        if step >= end:
+          continue
+        batch_size = stage_batch_size(config, stage)
+        loader = pipeline.make_loader(
+            source, global_batch_size=batch_size, num_frames=stage.num_frames,
+            resolution=stage.resolution, seed=config.seed + 1000 * stage_index,
+            worker_count=config.data.worker_count)
+        data_iter = iter(loader)
+        if state is None:
+          if meta is None:
+            state = create_state(model, optimizer, config.seed)
+          else:
+            same_stage = meta["stage"] == stage_index and step > start
+            state = checkpointer.restore(latest, abstract_state,
+                                         data_iter if same_stage else None)
+        print(f"Stage {stage_index}: {stage.num_frames} frames at {stage.resolution}px, "
+              f"batch {batch_size}, steps {start}..{end}.", flush=True)
+
+        window_start, window_steps, pending = time.perf_counter(), 0, None
+        while step < end:
+          batch = next(data_iter)
+          state, metrics = step_fn(state, {"video": batch["video"]})
+          step += 1
+          # Read the previous step's metrics while this one runs (no per-step stall).
+          if pending is not None:
+            _log_step(*pending, metrics_file, checkpointer)
+          pending = (step, metrics)
+          window_steps += 1
+          must_save = (step % config.train.checkpoint_every == 0 or step == end
+                       or preemption.raised)
+          if must_save or step % config.train.log_every == 0:
+            values = _log_step(*pending, metrics_file, checkpointer)
+            pending = None
+            if step % config.train.log_every == 0 or step == end:
+              elapsed = time.perf_counter() - window_start
+              rate = window_steps / max(elapsed, 1e-9)
+              eta = (total_steps - step) / max(rate, 1e-9)
+              lr = float(schedule(step))
+              print(f"step {step}/{total_steps}  loss {values['loss']:.4f}  grad_norm "
+                    f"{values['grad_norm']:.3f}  lr {lr:.2e}  {rate:.2f} steps/s  "
+                    f"ETA {_format_seconds(eta)}", flush=True)
+              for key, value in values.items():
+                writer.add_scalar(f"train/{key}", value, step)
+              writer.add_scalar("train/lr", lr, step)
+              writer.add_scalar("train/steps_per_s", rate, step)
+              writer.flush()
+              window_start, window_steps = time.perf_counter(), 0
+          if must_save:
+            checkpointer.save(step, state, data_iter, stage_index, config)
+          if preemption.raised:
+            print(f"SIGTERM received: saved checkpoint {step} and stopping.", flush=True)
+            status = "preempted"
+            return {"status": status, "step": step}
+  finally:
+    metrics_file.close()
+    writer.close()
+    checkpointer.close()
+  return {"status": status, "step": step}
+
+
+def _log_step(step: int, metrics: dict, metrics_file, checkpointer: Checkpointer) -> dict:
+  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  _check_finite(step, values, checkpointer)
+  metrics_file.write(json.dumps({"step": step, **values}) + "\n")
+  metrics_file.flush()
+  return values
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
