@@ -26,7 +26,6 @@ Every parameter carries logical axis names (for `nn.logical_to_mesh_sharding`):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn

@@ -1,0 +1,250 @@
+"""Trainer: optimiser rules, train step, curriculum, checkpoints, NaN guard, SIGTERM/SIGKILL."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, small_config
+from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.tokenizers import make_tokenizer
+from videomar_jax.train import optimizer as optim_lib
+from videomar_jax.train import trainer
+from videomar_jax.train.state import create_state, make_train_step
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def _config(data_dir, **train):
+  config = small_config()
+  config.data.data_dir = data_dir
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def _metrics(workdir):
+  """Last logged value per step (a resumed run re-logs the steps after its checkpoint)."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      out[row["step"]] = row
+  return out
+
+
+def test_weight_decay_only_on_weight_matrices():
+  model = VideoMAR(small_config())
+  mask = optim_lib.decay_mask(model.init(jax.random.key(0)))
+  blocks = mask["transformer"]["blocks"]
+  assert blocks["attn1"]["wqkv"]["kernel"] and blocks["ff_proj"]["kernel"]
+  assert mask["transformer"]["z_proj"]["kernel"] and not mask["transformer"]["z_proj"]["bias"]
+  assert not blocks["scale_shift_table"] and not blocks["norm1"]["scale"]
+  assert not blocks["attn1"]["q_norm"]["scale"] and not mask["transformer"]["mask_token"]
+  head = mask["diffusion_head"]
+  assert head["input_proj"]["kernel"] and not head["input_proj"]["bias"]
+  assert not head["res_blocks_0"]["in_ln"]["scale"]
+
+
+def test_learning_rate_schedule():
+  config = small_config()
+  config.optim.lr, config.optim.base_lr, config.optim.warmup_steps = 0.0, 1e-4, 10
+  assert optim_lib.learning_rate(config.optim, 512) == pytest.approx(2e-4)
+  config.optim.schedule = "cosine"
+  sched = optim_lib.lr_schedule(config.optim, 512, 110)
+  assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(1e-4)
+  assert float(sched(10)) == pytest.approx(2e-4) and float(sched(110)) == pytest.approx(0.0)
+  config.optim.schedule = "linear"
+  with pytest.raises(ValueError, match="schedule"):
+    optim_lib.lr_schedule(config.optim, 512, 110)
+
+
+def test_train_step_updates_params_ema_and_step():
+  config = small_config()
+  config.optim.warmup_steps = 0  # the warmup's first step has lr 0
+  model, tokenizer = VideoMAR(config), make_tokenizer(config.tokenizer)
+  optimizer = optim_lib.make_optimizer(config.optim, 4, 10)
+  state = create_state(model, optimizer, seed=0)
+  step = jax.jit(make_train_step(model, tokenizer, optimizer, ema_decay=0.9))
+  video = jax.random.randint(jax.random.key(0), (4, 3, 16, 16, 3), 0, 256).astype(jnp.uint8)
+  new, metrics = step(state, {"video": video})
+  assert int(new.step) == 1 and np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+  jax.tree_util.tree_map(
+      lambda e, e0, p: np.testing.assert_allclose(e, 0.9 * e0 + 0.1 * p, rtol=1e-6, atol=1e-7),
+      new.ema_params, state.ema_params, new.params)
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(state.params)))
+  # Same state and batch -> same loss: all randomness comes from fold_in(rng, step).
+  again, metrics2 = step(state, {"video": video})
+  assert float(metrics["loss"]) == float(metrics2["loss"])
+
+
+def test_curriculum_checkpoints_logs_and_resume(tmp_path, data_dir):
+  workdir = str(tmp_path / "run")
+  config = _config(data_dir)
+  summary = trainer.train(config, workdir)
+  assert summary == {"status": "done", "step": 8}
+  metrics = _metrics(workdir)
+  assert sorted(metrics) == list(range(1, 9))
+  assert all(np.isfinite(m["loss"]) for m in metrics.values())
+  steps = sorted(int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/[0-9]*"))
+  assert steps == [4, 6, 8]  # keep_checkpoints=3
+  assert glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
+  # A longer curriculum on the same workdir resumes at step 8 inside the extended stage 1.
+  config.stages[1].steps = 6
+  summary = trainer.train(config, workdir)
+  assert summary["step"] == 10 and sorted(_metrics(workdir)) == list(range(1, 11))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+  workdir = str(tmp_path / "run")
+  config = _config(data_dir, checkpoint_every=1)
+  config.optim.lr, config.optim.warmup_steps, config.optim.grad_clip = 1e30, 0, 1e30
+  with pytest.raises(trainer.NonFiniteLossError, match="non-finite") as info:
+    trainer.train(config, workdir)
+  steps = sorted(int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/[0-9]*"))
+  assert steps, "the step before the blow-up should have been saved"
+  assert f"step {steps[-1]}" in str(info.value)
+  # The kept checkpoint restores and holds finite parameters.
+  model = VideoMAR(config)
+  optimizer = optim_lib.make_optimizer(config.optim, config.batch_size, 8)
+  from videomar_jax.train.checkpoint import Checkpointer
+  ckpt = Checkpointer(workdir, 3)
+  abstract = jax.eval_shape(lambda: create_state(model, optimizer, 0))
+  state = ckpt.restore(steps[-1], abstract)
+  ckpt.close()
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
+
+
+def test_bad_stage_is_a_clear_error(tmp_path, data_dir):
+  config = _config(data_dir)
+  config.stages[0].resolution = 10
+  with pytest.raises(ValueError, match="not divisible"):
+    trainer.train(config, str(tmp_path / "run"))
+  config = _config(data_dir)
+  config.stages[0].num_frames = 99
+  with pytest.raises(ValueError, match="num_frames"):
+    trainer.train(config, str(tmp_path / "run"))
+
+
+# ---- Process-level tests through the CLI.
+
+def _train_command(workdir, data_dir, steps=(12, 12)):
+  return [sys.executable, "-m", "videomar_jax.cli.main", "train",
+          f"--config={REPO}/configs/videomar.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", "--config.data.num_train_clips=24",
+          "--config.data.num_test_clips=4", "--config.data.num_frames=6",
+          "--config.data.resolution=16", "--config.batch_size=4",
+          "--config.model.width=32", "--config.model.depth=2", "--config.model.num_heads=2",
+          "--config.head.width=32", "--config.head.depth=1",
+          f"--config.stages[0].steps={steps[0]}", "--config.stages[0].num_frames=3",
+          "--config.stages[0].resolution=16", f"--config.stages[1].steps={steps[1]}",
+          "--config.stages[1].num_frames=4", "--config.stages[1].resolution=16",
+          "--config.train.checkpoint_every=2", "--config.train.log_every=2"]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+
+
+def _wait_for(predicate, proc, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.02)
+  return False
+
+
+def _has_checkpoint(workdir, step):
+  return os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
+
+
+@pytest.mark.slow
+def test_sigkill_and_restart_reproduces_the_uninterrupted_losses(tmp_path, data_dir):
+  reference = str(tmp_path / "reference")
+  subprocess.run(_train_command(reference, data_dir), check=True, env=_env(), timeout=600,
+                 capture_output=True)
+  expected = _metrics(reference)
+  assert sorted(expected) == list(range(1, 25))
+
+  workdir = str(tmp_path / "killed")
+  proc = subprocess.Popen(_train_command(workdir, data_dir), env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    # Kill inside stage 1 (steps 13..24), right after checkpoint 16 is complete.
+    assert _wait_for(lambda: _has_checkpoint(workdir, 16), proc), "run never reached step 16"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert not _has_checkpoint(workdir, 24), "the run finished before it could be killed"
+  resumed = subprocess.run(_train_command(workdir, data_dir), env=_env(), timeout=600,
+                           capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from checkpoint step" in resumed.stdout
+  got = _metrics(workdir)
+  assert sorted(got) == list(range(1, 25))
+  for step in range(1, 25):
+    assert got[step]["loss"] == expected[step]["loss"], step  # bit-exact, step for step
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_next_step_and_exits_cleanly(tmp_path, data_dir):
+  workdir = str(tmp_path / "run")
+  proc = subprocess.Popen(_train_command(workdir, data_dir, steps=(200, 200)), env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert _wait_for(lambda: _has_checkpoint(workdir, 4), proc), "run never reached step 4"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  assert "SIGTERM received" in out
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert summary["status"] == "preempted" and 4 <= summary["step"] < 400
+  assert _has_checkpoint(workdir, summary["step"])
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "videomar_jax.cli.main", *args],
+                        capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def test_cli_rejects_unknown_config_keys_and_missing_files(tmp_path):
+  result = _cli("info", f"--config={REPO}/configs/videomar.py:tiny", "--config.model.widht=3")
+  assert result.returncode != 0 and "widht" in result.stderr
+  result = _cli("info", f"--config={tmp_path}/nope.py")
+  assert result.returncode != 0 and "nope.py" in result.stderr
+  result = _cli("info", f"--config={REPO}/configs/videomar.py:huge")
+  assert result.returncode != 0 and "huge" in result.stderr
+  result = _cli("frobnicate")
+  assert result.returncode == 2 and "unknown command" in result.stderr
+
+
+def test_cli_info_and_data_build(tmp_path):
+  result = _cli("info", f"--config={REPO}/configs/videomar.py:paper")
+  assert result.returncode == 0, result.stderr
+  assert "total" in result.stdout and "1.38" in result.stdout
+  assert "tokens per frame: 1024" in result.stdout and "FLOPs per example" in result.stdout
+  result = _cli("data", "build", "--dataset=bouncing_balls", f"--data_dir={tmp_path}",
+                "--num_train_clips=4", "--num_test_clips=2", "--num_frames=4",
+                "--resolution=16")
+  assert result.returncode == 0, result.stderr
+  assert glob.glob(f"{tmp_path}/**/*.array_record*", recursive=True)
