@@ -18,6 +18,7 @@ from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.tokenizers import make_tokenizer
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train import trainer
+from videomar_jax.train.report import read_metrics
 from videomar_jax.train.state import create_state, make_train_step
 
 
@@ -32,16 +33,6 @@ def _config(data_dir, **train):
   for key, value in train.items():
     config.train[key] = value
   return config
-
-
-def _metrics(workdir):
-  """Last logged value per step (a resumed run re-logs the steps after its checkpoint)."""
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      out[row["step"]] = row
-  return out
 
 
 def test_weight_decay_only_on_weight_matrices():
@@ -95,16 +86,19 @@ def test_curriculum_checkpoints_logs_and_resume(tmp_path, data_dir):
   config = _config(data_dir)
   summary = trainer.train(config, workdir)
   assert summary == {"status": "done", "step": 8}
-  metrics = _metrics(workdir)
+  metrics = read_metrics(workdir)
   assert sorted(metrics) == list(range(1, 9))
   assert all(np.isfinite(m["loss"]) for m in metrics.values())
   steps = sorted(int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/[0-9]*"))
   assert steps == [4, 6, 8]  # keep_checkpoints=3
   assert glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
+  with open(f"{workdir}/train_summary.json") as f:
+    assert json.load(f)["steps"] == 8
+  assert os.path.getsize(f"{workdir}/loss_curve.png") > 1000
   # A longer curriculum on the same workdir resumes at step 8 inside the extended stage 1.
   config.stages[1].steps = 6
   summary = trainer.train(config, workdir)
-  assert summary["step"] == 10 and sorted(_metrics(workdir)) == list(range(1, 11))
+  assert summary["step"] == 10 and sorted(read_metrics(workdir)) == list(range(1, 11))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
@@ -178,7 +172,7 @@ def test_sigkill_and_restart_reproduces_the_uninterrupted_losses(tmp_path, data_
   reference = str(tmp_path / "reference")
   subprocess.run(_train_command(reference, data_dir), check=True, env=_env(), timeout=600,
                  capture_output=True)
-  expected = _metrics(reference)
+  expected = read_metrics(reference)
   assert sorted(expected) == list(range(1, 25))
 
   workdir = str(tmp_path / "killed")
@@ -197,7 +191,7 @@ def test_sigkill_and_restart_reproduces_the_uninterrupted_losses(tmp_path, data_
                            capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from checkpoint step" in resumed.stdout
-  got = _metrics(workdir)
+  got = read_metrics(workdir)
   assert sorted(got) == list(range(1, 25))
   for step in range(1, 25):
     assert got[step]["loss"] == expected[step]["loss"], step  # bit-exact, step for step

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 COMMANDS = ("train", "data build", "info")
@@ -100,7 +100,17 @@ def run(argv=None):
           file=sys.stderr)
     sys.exit(2)
   rest = argv[1 + len(command.split()):]
-  app.run(HANDLERS[command], argv=[f"{prog} {command}"] + rest)
+  app.run(_quiet_libraries(HANDLERS[command]), argv=[f"{prog} {command}"] + rest)
+
+
+def _quiet_libraries(handler):
+  """Orbax and TFDS log every file they touch at INFO; show warnings only unless the user
+  asked for more with --verbosity."""
+  def wrapped(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    return handler(argv)
+  return wrapped
 
 
 if __name__ == "__main__":

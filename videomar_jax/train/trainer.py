@@ -27,6 +27,7 @@ from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.tokenizers import make_tokenizer
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train.checkpoint import Checkpointer
+from videomar_jax.train.report import write_loss_report
 from videomar_jax.train.state import TrainState, create_state, make_train_step
 
 
@@ -131,6 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
+  run_start = time.perf_counter()
+
   # ---- Resume.
   latest = checkpointer.latest_step()
   meta = checkpointer.restore_meta(latest) if latest is not None else None
@@ -203,6 +206,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics_file.close()
     writer.close()
     checkpointer.close()
+  report = write_loss_report(workdir, [end for _, end in bounds],
+                             {"this_run_seconds": round(time.perf_counter() - run_start, 1)})
+  print(f"Loss {report['loss_first_window_mean']:.4f} (first {report['window']} steps) -> "
+        f"{report['loss_last_window_mean']:.4f} (last {report['window']}); curve in "
+        f"{workdir}/loss_curve.png", flush=True)
   return {"status": status, "step": step}
 
 

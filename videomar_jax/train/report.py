@@ -1,0 +1,57 @@
+"""End-of-training report: the loss curve as a picture next to a JSON of its numbers."""
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+  """Per-step metrics from metrics.jsonl; a resumed run's re-logged steps replace the old."""
+  rows = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        rows[row["step"]] = row
+  return dict(sorted(rows.items()))
+
+
+def write_loss_report(workdir: str, stage_ends: list[int], extra: dict) -> dict:
+  """Writes `loss_curve.png` and `train_summary.json` into workdir; returns the summary."""
+  rows = read_metrics(workdir)
+  steps = np.array(list(rows), dtype=np.int64)
+  losses = np.array([r["loss"] for r in rows.values()], dtype=np.float64)
+  window = max(1, min(50, len(losses) // 10))
+  smooth = np.convolve(losses, np.ones(window) / window, mode="valid") if len(losses) else losses
+  summary = {
+      "steps": int(steps[-1]) if len(steps) else 0,
+      "loss_first_window_mean": float(losses[:window].mean()) if len(losses) else None,
+      "loss_last_window_mean": float(losses[-window:].mean()) if len(losses) else None,
+      "loss_min": float(losses.min()) if len(losses) else None,
+      "window": window,
+      "stage_ends": list(stage_ends),
+      **extra,
+  }
+  fig, ax = plt.subplots(figsize=(7, 4))
+  ax.plot(steps, losses, color="0.75", lw=0.8, label="loss per step")
+  if len(smooth):
+    ax.plot(steps[window - 1:], smooth, color="C0", lw=1.8, label=f"mean of {window}")
+  for end in stage_ends[:-1]:
+    ax.axvline(end, color="C3", ls="--", lw=1)
+  ax.set_xlabel("step")
+  ax.set_ylabel("next-frame diffusion loss")
+  ax.set_yscale("log")
+  ax.set_title("training loss (dashed: curriculum stage changes)")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "loss_curve.png"), dpi=100)
+  plt.close(fig)
+  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
