@@ -26,6 +26,7 @@ def small_config(**model_overrides) -> ml_collections.ConfigDict:
   config.model.width = 32
   config.model.depth = 2
   config.model.num_heads = 2
+  config.model.scan_layers = True  # the library default (the tiny preset turns it off)
   config.head.width = 32
   config.head.depth = 1
   config.head.diffusion_batch_mul = 2
