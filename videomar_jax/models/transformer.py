@@ -14,7 +14,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from videomar_jax.models import rope
 from videomar_jax.models.attention import CrossAttention, SelfAttention
@@ -70,12 +69,18 @@ class Block(nn.Module):
 
   The six modulation vectors come from a learned table (rows: shift_msa, scale_msa,
   gate_msa, shift_mlp, scale_mlp, gate_mlp). The residual stream stays float32; matmuls run
-  in `config.dtype`.
+  in `config.dtype`. Returns `(x, kv)` (the signature `nn.scan` wants).
+
+  With `kv_cache` ({"k", "v"}: [B, S_cache, H, hd]) the queries also attend to the cached
+  keys and values (placed before this call's own tokens on `attn_mask`'s key axis). With
+  `return_kv` the block returns this call's keys and values as `kv` (else None) so that a
+  sampler can append them to its cache.
   """
   config: TransformerConfig
+  return_kv: bool = False
 
   @nn.compact
-  def __call__(self, x, context, context_mask, positions, attn_mask):
+  def __call__(self, x, context, context_mask, positions, attn_mask, kv_cache=None):
     cfg = self.config
     table = self.param(
         "scale_shift_table",
@@ -83,9 +88,14 @@ class Block(nn.Module):
                                      ("modulation", "embed")), (6, cfg.width))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table
     h = LayerNorm(eps=1e-5, name="norm1")(x) * (1 + scale_msa) + shift_msa
-    h = SelfAttention(cfg.width, cfg.num_heads, cfg.rope_split, cfg.rope_base, cfg.dtype,
-                      name="attn1")(h.astype(cfg.dtype), positions, attn_mask)
-    x = x + gate_msa * h
+    attn = SelfAttention(cfg.width, cfg.num_heads, cfg.rope_split, cfg.rope_base, cfg.dtype,
+                         name="attn1")
+    q, k, v = attn.project(h.astype(cfg.dtype), positions)
+    new_kv = {"k": k, "v": v} if self.return_kv else None
+    if kv_cache is not None:
+      k = jnp.concatenate([kv_cache["k"].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([kv_cache["v"].astype(v.dtype), v], axis=1)
+    x = x + gate_msa * attn.attend(q, k, v, attn_mask)
     if cfg.uses_context:
       x = x + CrossAttention(cfg.width, cfg.num_heads, cfg.dtype, name="attn2")(
           x.astype(cfg.dtype), context, context_mask)
@@ -94,19 +104,18 @@ class Block(nn.Module):
               dtype=cfg.dtype)(h.astype(cfg.dtype))
     h = nn.gelu(h, approximate=True)
     h = dense(cfg.width, ("mlp", "embed"), name="ff_out", use_bias=False, dtype=cfg.dtype)(h)
-    return (x + gate_mlp * h).astype(jnp.float32)
-
-
-class _ScanBlock(Block):
-  """`Block` with the (carry, broadcast args) -> (carry, None) signature of `nn.scan`."""
-
-  def __call__(self, x, context, context_mask, positions, attn_mask):
-    return super().__call__(x, context, context_mask, positions, attn_mask), None
+    return (x + gate_mlp * h).astype(jnp.float32), new_kv
 
 
 class VideoMARTransformer(nn.Module):
-  """Masked tokens + context -> z, one vector per token for the diffusion head."""
+  """Masked tokens + context -> z, one vector per token for the diffusion head.
+
+  `return_kv=True` makes `__call__` return `(z, kv)` with every layer's keys and values of
+  the input tokens, {"k", "v"}: [depth, B, S, H, hd] (the sampler's cache entries); the
+  parameters are the same either way.
+  """
   config: TransformerConfig
+  return_kv: bool = False
 
   def embed_context(self, batch_size, context, context_mask, drop_context):
     """Returns (context [B, L, D], mask [B, L]) or (None, None) when the model has none.
@@ -156,7 +165,7 @@ class VideoMARTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, is_masked, positions, attn_mask, context=None, context_mask=None,
-               drop_context=None):
+               drop_context=None, kv_cache=None):
     """Runs the transformer.
 
     Args:
@@ -165,8 +174,10 @@ class VideoMARTransformer(nn.Module):
       positions: [S, 3] or [B, S, 3] integer (frame, row, column) RoPE positions.
       attn_mask: boolean [Sq, Sk] or [B, Sq, Sk], see `sequence.attention_mask`.
       context, context_mask, drop_context: see `embed_context`.
+      kv_cache: optional {"k", "v"}: [depth, B, S_cache, H, hd] keys and values of earlier
+        tokens; `attn_mask`'s key axis is then [cache slots, then these tokens].
     Returns:
-      z: [B, S, width] float32.
+      z: [B, S, width] float32 (and the new keys and values if `return_kv`).
     """
     cfg = self.config
     b, s, d = tokens.shape
@@ -184,20 +195,28 @@ class VideoMARTransformer(nn.Module):
     ctx, ctx_mask = self.embed_context(b, context, context_mask, drop_context)
     attn_mask = attn_mask[:, None] if attn_mask.ndim == 3 else attn_mask[None, None]
     if cfg.scan_layers:
-      block = _ScanBlock
+      block = Block
       if cfg.remat_policy != "none":
         block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-      x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(nn.broadcast,) * 4, length=cfg.depth,
-                     metadata_params={nn.PARTITION_NAME: "layers"})(
-                         cfg, name="blocks")(x, ctx, ctx_mask, positions, attn_mask)
+      x, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast,) * 4 + (0,), length=cfg.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})(
+                          cfg, self.return_kv, name="blocks")(
+                              x, ctx, ctx_mask, positions, attn_mask, kv_cache)
     else:
       block = Block
       if cfg.remat_policy != "none":
         block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy])
+      kvs = []
       for i in range(cfg.depth):
-        x = block(cfg, name=f"blocks_{i}")(x, ctx, ctx_mask, positions, attn_mask)
-    return LayerNorm(eps=1e-6, name="decoder_norm")(x)
+        layer_cache = None if kv_cache is None else jax.tree_util.tree_map(
+            lambda a, i=i: a[i], kv_cache)
+        x, layer_kv = block(cfg, self.return_kv, name=f"blocks_{i}")(
+            x, ctx, ctx_mask, positions, attn_mask, layer_cache)
+        kvs.append(layer_kv)
+      kv = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *kvs) if self.return_kv else None
+    z = LayerNorm(eps=1e-6, name="decoder_norm")(x)
+    return (z, kv) if self.return_kv else z
 
 
 def scanned_to_layers(params: dict, depth: int) -> dict:
