@@ -50,6 +50,7 @@ class VideoMAR:
     self.transformer_config = transformer_config(config)
     self.token_dim = self.transformer_config.token_dim
     self.transformer = VideoMARTransformer(self.transformer_config)
+    self.kv_transformer = VideoMARTransformer(self.transformer_config, return_kv=True)
     self.head = SimpleMLPAdaLN(
         in_channels=self.token_dim, model_channels=config.head.width,
         out_channels=2 * self.token_dim, z_channels=config.model.width,
@@ -94,10 +95,18 @@ class VideoMAR:
 
   # ---- Forward functions.
   def encode(self, params, tokens, is_masked, positions, attn_mask, context=None,
-             context_mask=None, drop_context=None) -> jax.Array:
+             context_mask=None, drop_context=None, kv_cache=None) -> jax.Array:
     """Transformer: [B, S, token_dim] tokens -> z [B, S, width]; see VideoMARTransformer."""
     return self.transformer.apply({"params": params["transformer"]}, tokens, is_masked,
-                                  positions, attn_mask, context, context_mask, drop_context)
+                                  positions, attn_mask, context, context_mask, drop_context,
+                                  kv_cache)
+
+  def encode_with_kv(self, params, tokens, is_masked, positions, attn_mask, context=None,
+                     context_mask=None, drop_context=None, kv_cache=None):
+    """`encode` that also returns every layer's keys and values of `tokens` (for a cache)."""
+    return self.kv_transformer.apply({"params": params["transformer"]}, tokens, is_masked,
+                                     positions, attn_mask, context, context_mask,
+                                     drop_context, kv_cache)
 
   def head_fn(self, params, z: jax.Array):
     """The diffusion network with its condition closed over: (x [M, C], t [M]) -> [M, 2C]."""

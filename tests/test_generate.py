@@ -1,0 +1,122 @@
+"""The sampler: cache == no cache, given frames kept, each token written once, one compile,
+extrapolation, schedules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import perturb, small_config
+from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.sampling import schedules
+from videomar_jax.sampling.generate import SamplerSettings, generate
+
+B, H, W = 2, 2, 3
+N = H * W
+
+
+def _model(context_kind="none"):
+  config = small_config()
+  config.model.context.kind = context_kind
+  config.model.context.num_classes = 3
+  model = VideoMAR(config)
+  return model, perturb(model.init(jax.random.key(0)), jax.random.key(1), scale=0.02)
+
+
+def _given(model, n=1):
+  return jax.random.normal(jax.random.key(2), (B, n, N, model.token_dim))
+
+
+def _assert_same_video(a, b):
+  # fp32: the two modes sum attention over differently laid-out keys, so results agree to
+  # float rounding, which the 10-step ancestral sampler of an untrained head amplifies in
+  # proportion to the (large) token values it produces.
+  scale = float(np.abs(a).max())
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("context_kind,n_given", [("none", 1), ("class", 2)])
+def test_kv_cache_and_no_cache_give_the_same_video(context_kind, n_given):
+  model, params = _model(context_kind)
+  given = _given(model, n_given)
+  kwargs = {}
+  if context_kind == "class":
+    kwargs = dict(context=jnp.array([0, 2]))
+  out = {}
+  for mode in ("kv_cache", "no_cache"):
+    settings = SamplerSettings(num_frames=n_given + 3, num_steps=3, mode=mode, cfg=3.0)
+    out[mode] = generate(model, params, given, jax.random.key(3), settings, (H, W), **kwargs)
+  _assert_same_video(out["kv_cache"]["tokens"], out["no_cache"]["tokens"])
+  for o in out.values():
+    np.testing.assert_array_equal(o["tokens"][:, :n_given], given)  # given frames unchanged
+
+
+@pytest.mark.parametrize("mode,steps", [("kv_cache", 4), ("no_cache", 4), ("next_token", 0)])
+def test_each_generated_token_is_written_exactly_once(mode, steps):
+  model, params = _model()
+  settings = SamplerSettings(num_frames=3, num_steps=steps or 1, mode=mode)
+  out = generate(model, params, _given(model), jax.random.key(4), settings, (H, W))
+  np.testing.assert_array_equal(out["write_counts"], np.ones((B, 2, N)))
+  assert np.all(np.isfinite(out["tokens"]))
+
+
+def test_guidance_changes_the_video_and_seeds_matter():
+  model, params = _model("class")
+  given, labels = _given(model), jnp.array([0, 1])
+  run = lambda cfg, seed: generate(model, params, given, jax.random.key(seed),
+                                   SamplerSettings(num_frames=2, num_steps=2, cfg=cfg),
+                                   (H, W), context=labels)["tokens"]
+  assert not np.allclose(run(1.0, 0), run(4.0, 0))
+  assert not np.allclose(run(1.0, 0), run(1.0, 1))
+  np.testing.assert_array_equal(run(1.0, 0), run(1.0, 0))
+
+
+def test_a_whole_video_compiles_once():
+  model, params = _model()
+  settings = SamplerSettings(num_frames=5, num_steps=3)
+  before = generate._cache_size()  # pylint: disable=protected-access
+  for seed in range(3):  # new seeds and inputs reuse the one program; frames and steps are scans
+    generate(model, params, _given(model) + seed, jax.random.key(seed), settings, (H, W))
+  assert generate._cache_size() - before == 1  # pylint: disable=protected-access
+
+
+def test_extrapolates_to_twice_the_frames_and_resolution():
+  model, params = _model()
+  # The test model trains on clips of 3-4 frames of 4x4 tokens (16x16 pixels, patch 4).
+  given = jax.random.normal(jax.random.key(5), (1, 1, 8 * 8, model.token_dim))
+  out = generate(model, params, given, jax.random.key(6),
+                 SamplerSettings(num_frames=8, num_steps=4), (8, 8))
+  assert out["tokens"].shape == (1, 8, 64, model.token_dim)
+  assert np.all(np.isfinite(out["tokens"]))
+
+
+def test_bad_inputs_are_clear_errors():
+  model, params = _model()
+  with pytest.raises(ValueError, match="grid"):
+    generate(model, params, _given(model), jax.random.key(0), SamplerSettings(num_frames=3),
+             (3, 3))
+  with pytest.raises(ValueError, match="num_steps"):
+    generate(model, params, _given(model), jax.random.key(0),
+             SamplerSettings(num_frames=3, num_steps=N + 1), (H, W))
+  with pytest.raises(ValueError, match="mode"):
+    SamplerSettings(num_frames=3, mode="beam")
+
+
+def test_cosine_unmask_schedule():
+  plan = schedules.cosine_schedule(1024, 64)
+  assert plan.num_revealed.sum() == 1024 and plan.num_revealed.min() >= 1
+  assert plan.next_masked[0] == 1023 and plan.next_masked[-1] == 0
+  assert plan.max_revealed < 1024 / 16  # the head never sees a whole frame at once
+  np.testing.assert_array_equal(schedules.cosine_schedule(4, 4).num_revealed, [1, 1, 1, 1])
+  ntp = schedules.next_token_schedule(5)
+  np.testing.assert_array_equal(ntp.num_revealed, np.ones(5))
+  np.testing.assert_array_equal(ntp.next_masked, [4, 3, 2, 1, 0])
+
+
+def test_frame_temperatures():
+  np.testing.assert_allclose(schedules.frame_temperatures("linear", 6), np.linspace(.95, .9, 6))
+  np.testing.assert_allclose(schedules.frame_temperatures("constant", 3, start=1.0), [1, 1, 1])
+  np.testing.assert_allclose(schedules.frame_temperatures("list", 2, values=(1.0, .98)),
+                             [1.0, .98])
+  with pytest.raises(ValueError, match="temperatures given"):
+    schedules.frame_temperatures("list", 3, values=(1.0,))

@@ -1,0 +1,1 @@
+"""Generation: KV-cached temporal decoding with parallel spatial unmasking."""
