@@ -21,6 +21,8 @@ setup(
         "numpy>=1.26",
         "tensorboardX>=2.6",
         "imageio>=2.34",
+        "imageio-ffmpeg>=0.5",  # ships its own ffmpeg binary: MP4 without a system ffmpeg
+        "pillow>=10",
         "matplotlib>=3.8",
     ],
     extras_require={

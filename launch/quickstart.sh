@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the built-in data, on the CPU: build the bouncing_balls dataset, then train
-# the `tiny` VideoMAR through its two-stage curriculum. Usage:
+# The main job on the built-in data, on the CPU: build the bouncing_balls dataset, train the
+# `tiny` VideoMAR through its two-stage curriculum, then generate held-out clips from their
+# first frame and write <workdir>/report/ (GIFs generated | truth, error plot, metrics.json).
+# Usage:
 #   bash launch/quickstart.sh [workdir]        (default: runs/quickstart)
 # Re-running on the same workdir resumes from its latest checkpoint.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
@@ -10,4 +12,6 @@ mkdir -p "$WORKDIR"
 videomar data build --dataset=bouncing_balls --data_dir="$WORKDIR/data"
 videomar train --config=configs/videomar.py:tiny --workdir="$WORKDIR" \
   --config.data.data_dir="$WORKDIR/data" "$@"
-echo "[quickstart] done: checkpoints in $WORKDIR/checkpoints, TensorBoard logs in $WORKDIR/tensorboard"
+videomar evaluate --workdir="$WORKDIR" --num_examples=8
+echo "[quickstart] done: report in $WORKDIR/report, checkpoints in $WORKDIR/checkpoints," \
+  "TensorBoard logs in $WORKDIR/tensorboard"

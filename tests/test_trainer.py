@@ -71,8 +71,9 @@ def test_train_step_updates_params_ema_and_step():
   video = jax.random.randint(jax.random.key(0), (4, 3, 16, 16, 3), 0, 256).astype(jnp.uint8)
   new, metrics = step(state, {"video": video})
   assert int(new.step) == 1 and np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+  # EMA warmup: the first step's decay is min(0.9, (1 + 0) / (10 + 0)) = 0.1.
   jax.tree_util.tree_map(
-      lambda e, e0, p: np.testing.assert_allclose(e, 0.9 * e0 + 0.1 * p, rtol=1e-6, atol=1e-7),
+      lambda e, e0, p: np.testing.assert_allclose(e, 0.1 * e0 + 0.9 * p, rtol=1e-6, atol=1e-7),
       new.ema_params, state.ema_params, new.params)
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(state.params)))

@@ -51,20 +51,31 @@ def sequence_shape(config: ml_collections.ConfigDict, num_frames: int,
           "supervised_frames": f}
 
 
-def train_flops_per_example(config: ml_collections.ConfigDict, num_frames: int,
-                            resolution: int, token_dim: int) -> float:
-  m, hd = config.model, config.head
-  d, w, c = m.width, hd.width, token_dim
-  shape = sequence_shape(config, num_frames, resolution)
-  s = shape["sequence_length"]
-  per_token_layer = 2 * 4 * d * d + 2 * 2 * s * d + 2 * 2 * d * m.mlp_ratio * d
-  per_example_layer = 0
+def transformer_pass_flops(config: ml_collections.ConfigDict, queries: int, keys: int,
+                           token_dim: int) -> float:
+  """One forward pass of `queries` tokens attending to `keys` keys (context included)."""
+  m = config.model
+  d = m.width
+  per_token_layer = 2 * 4 * d * d + 2 * 2 * keys * d + 2 * 2 * d * m.mlp_ratio * d
+  per_pass_layer = 0
   if m.context.kind != "none":
     length = m.context.length if m.context.kind == "text" else 1
     per_token_layer += 2 * 2 * d * d + 2 * 2 * length * d
-    per_example_layer += 2 * length * 2 * d * d
-  transformer = s * (2 * c * d + m.depth * per_token_layer) + m.depth * per_example_layer
-  head_per_token = 2 * (c * w + 256 * w + w * w + d * w + hd.depth * 5 * w * w + 2 * w * w
-                        + 2 * c * w)
-  head_tokens = shape["supervised_frames"] * shape["tokens_per_frame"] * hd.diffusion_batch_mul
-  return 3.0 * (transformer + head_tokens * head_per_token)
+    per_pass_layer += 2 * length * 2 * d * d
+  return queries * (2 * token_dim * d + m.depth * per_token_layer) + m.depth * per_pass_layer
+
+
+def head_flops_per_token(config: ml_collections.ConfigDict, token_dim: int) -> float:
+  """One diffusion-head evaluation of one token."""
+  d, w, c, k = config.model.width, config.head.width, token_dim, config.head.depth
+  return 2 * (c * w + 256 * w + w * w + d * w + k * 5 * w * w + 2 * w * w + 2 * c * w)
+
+
+def train_flops_per_example(config: ml_collections.ConfigDict, num_frames: int,
+                            resolution: int, token_dim: int) -> float:
+  shape = sequence_shape(config, num_frames, resolution)
+  s = shape["sequence_length"]
+  head_tokens = (shape["supervised_frames"] * shape["tokens_per_frame"]
+                 * config.head.diffusion_batch_mul)
+  return 3.0 * (transformer_pass_flops(config, s, s, token_dim)
+                + head_tokens * head_flops_per_token(config, token_dim))

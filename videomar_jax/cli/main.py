@@ -3,6 +3,10 @@
   videomar train --config=configs/videomar.py:tiny --workdir=DIR [--config.key=value ...]
   videomar data build --dataset=bouncing_balls --data_dir=DIR [--num_train_clips=...]
   videomar info --config=configs/videomar.py:paper
+  videomar evaluate --workdir=DIR [--num_examples=8 --num_steps=16]
+  videomar sample (--workdir=DIR | --checkpoint=PATH) (--image=cond.png | --video=cond.mp4)
+      --out=out.mp4 [--num_frames --num_steps --cfg --temperature --seed --save_latents]
+  videomar bench sampler --config=configs/videomar.py:tiny --json=out.json
 
 Flags are absl flags; `--config` is an `ml_collections` config file (`path[:arg]`) whose
 fields can be overridden with `--config.key=value`. The config is locked: unknown keys are
@@ -16,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "data build", "info")
+COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path[:arg]`.",
                                           lock_config=True)
@@ -25,9 +29,29 @@ _DATASET = flags.DEFINE_string("dataset", "bouncing_balls", "Dataset to build.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where `data build` writes the dataset.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train_clips", 1024, "data build: training clips.")
 _NUM_TEST = flags.DEFINE_integer("num_test_clips", 64, "data build: held-out clips.")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", 16, "data build: frames per clip.")
+_NUM_FRAMES = flags.DEFINE_integer(
+    "num_frames", 0, "data build: frames per clip (0 = 16); sample/evaluate: frames of the "
+    "output video, given ones included (0 = the last curriculum stage's).")
 _RESOLUTION = flags.DEFINE_integer("resolution", 32, "data build: frame size (square).")
 _NUM_BALLS = flags.DEFINE_integer("num_balls", 2, "data build: balls per clip.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "sample: a run directory or one of "
+                                  "its checkpoints/<step> folders (instead of --workdir).")
+_IMAGE = flags.DEFINE_string("image", None, "sample: conditioning image (I2V).")
+_VIDEO = flags.DEFINE_string("video", None, "sample: conditioning video (V2V).")
+_NUM_GIVEN = flags.DEFINE_integer("num_given", 0, "sample --video: given frames (0 = all).")
+_OUT = flags.DEFINE_string("out", None, "sample: output path; writes .mp4 and .gif.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", 16, "Unmasking steps per frame.")
+_CFG = flags.DEFINE_float("cfg", 1.0, "Classifier-free guidance scale (with --class_label).")
+_CLASS = flags.DEFINE_integer("class_label", None, "sample: class label for class models.")
+_TEMPERATURE = flags.DEFINE_string(
+    "temperature", "linear", "'linear' (0.95 -> 0.90), a number (constant) or a comma list "
+    "(one per generated frame).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_SAVE_LATENTS = flags.DEFINE_bool("save_latents", False, "sample: also write <out>.npy.")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 8, "evaluate: held-out clips.")
+_JSON = flags.DEFINE_string("json", None, "bench: where to write the figures.")
+_GRID = flags.DEFINE_integer("bench_grid", 16, "bench sampler: tokens per frame side.")
+_REPEATS = flags.DEFINE_integer("bench_repeats", 3, "bench sampler: timed runs per mode.")
 _NUM_FRAMES_INFO = flags.DEFINE_integer("info_num_frames", 0, "info: pixel frames of the "
                                         "clip to count FLOPs for (0 = the last stage's).")
 
@@ -57,7 +81,7 @@ def cmd_data_build(_):
   data_dir = _require(_DATA_DIR, "data build")
   builder = bouncing_balls.build(
       data_dir, num_train_clips=_NUM_TRAIN.value, num_test_clips=_NUM_TEST.value,
-      num_frames=_NUM_FRAMES.value, resolution=_RESOLUTION.value, num_balls=_NUM_BALLS.value)
+      num_frames=_NUM_FRAMES.value or 16, resolution=_RESOLUTION.value, num_balls=_NUM_BALLS.value)
   print(f"Built {builder.name}/{builder.builder_config.name} in {builder.data_dir}: "
         f"{ {k: v.num_examples for k, v in builder.info.splits.items()} }", flush=True)
 
@@ -86,14 +110,98 @@ def cmd_info(_):
   print(f"training FLOPs per example: {per_example:.4g}")
 
 
-HANDLERS = {"train": cmd_train, "data build": cmd_data_build, "info": cmd_info}
+def cmd_evaluate(_):
+  from videomar_jax.eval.report import evaluate_run  # pylint: disable=g-import-not-at-top
+  workdir = _require(_WORKDIR, "evaluate")
+  metrics = evaluate_run(workdir, num_examples=_NUM_EXAMPLES.value,
+                         num_frames=_NUM_FRAMES.value, num_steps=_NUM_STEPS.value,
+                         seed=_SEED.value)
+  print(json.dumps(metrics, indent=2), flush=True)
+  print(f"Report written to {os.path.join(workdir, 'report')}", flush=True)
+
+
+def _temperature_settings(text: str, num_generated: int) -> dict:
+  if text in ("linear", "constant"):
+    return {"temperature": text}
+  try:
+    values = tuple(float(v) for v in text.split(","))
+  except ValueError:
+    raise app.UsageError(f"--temperature={text!r}: 'linear', 'constant', a number or a "
+                         "comma list of numbers.") from None
+  if len(values) == 1:
+    return {"temperature": "constant", "temperature_start": values[0]}
+  if len(values) != num_generated:
+    raise app.UsageError(f"--temperature lists {len(values)} values for {num_generated} "
+                         "generated frames.")
+  return {"temperature": "list", "temperatures": values}
+
+
+def cmd_sample(_):
+  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  import numpy as np
+  from videomar_jax.sampling import video_io
+  from videomar_jax.sampling.generate import SamplerSettings
+  from videomar_jax.sampling.pipeline import VideoGenerator, load_checkpoint
+  # pylint: enable=g-import-not-at-top
+  source = _CHECKPOINT.value or _WORKDIR.value
+  if source is None:
+    raise app.UsageError("sample needs --workdir or --checkpoint.")
+  if (_IMAGE.value is None) == (_VIDEO.value is None):
+    raise app.UsageError("sample needs exactly one of --image or --video.")
+  out = _require(_OUT, "sample")
+  try:
+    frames = video_io.read_frames(_IMAGE.value or _VIDEO.value)
+  except video_io.VideoInputError as e:
+    raise app.UsageError(str(e)) from None
+  config, params, step = load_checkpoint(source)
+  generator = VideoGenerator(config, params)
+  frames = video_io.fit_to_stride(frames, generator.stride)
+  given = frames[:1] if _IMAGE.value else frames[:_NUM_GIVEN.value or len(frames)]
+  total = _NUM_FRAMES.value or config.stages[-1]["num_frames"]
+  num_given = generator.tokenizer.num_latent_frames(len(given))
+  num_total = generator.tokenizer.num_latent_frames(total)
+  if num_total <= num_given:
+    raise app.UsageError(f"--num_frames={total} leaves nothing to generate after "
+                         f"{len(given)} given frame(s).")
+  tokens_per_frame = (frames.shape[1] // generator.stride) * (frames.shape[2] //
+                                                              generator.stride)
+  settings = SamplerSettings(
+      num_frames=num_total, num_steps=min(_NUM_STEPS.value, tokens_per_frame),
+      cfg=_CFG.value, **_temperature_settings(_TEMPERATURE.value, num_total - num_given))
+  context = None if _CLASS.value is None else jnp.array([_CLASS.value])
+  print(f"Checkpoint step {step}: generating {num_total - num_given} frame(s) after "
+        f"{num_given} given, {settings.num_steps} steps per frame...", flush=True)
+  video, tokens = generator(given[None], settings, seed=_SEED.value, context=context)
+  stem = os.path.splitext(out)[0]
+  paths = video_io.write_video(stem, video[0])
+  if _SAVE_LATENTS.value:
+    np.save(stem + ".npy", np.asarray(tokens[0]))
+    paths.append(stem + ".npy")
+  print("Wrote " + ", ".join(paths), flush=True)
+
+
+def cmd_bench_sampler(_):
+  from videomar_jax import bench  # pylint: disable=g-import-not-at-top
+  config = _require(_CONFIG, "bench sampler")
+  result = bench.bench_sampler(config, grid_side=_GRID.value, repeats=_REPEATS.value,
+                               steps_per_frame=min(64, _GRID.value ** 2))
+  text = json.dumps(result, indent=2)
+  print(text, flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      f.write(text)
+
+
+HANDLERS = {"train": cmd_train, "data build": cmd_data_build, "info": cmd_info,
+            "evaluate": cmd_evaluate, "sample": cmd_sample, "bench sampler": cmd_bench_sampler}
 
 
 def run(argv=None):
   argv = list(sys.argv if argv is None else argv)
   prog = os.path.basename(argv[0])
   words = [a for a in argv[1:3] if not a.startswith("-")]
-  command = " ".join(words[:2]) if words[:1] == ["data"] else " ".join(words[:1])
+  command = " ".join(words[:2]) if words[:1] in (["data"], ["bench"]) else " ".join(words[:1])
   if command not in HANDLERS:
     print(f"usage: {prog} {{{' | '.join(COMMANDS)}}} [flags]\n"
           f"unknown command {command!r}; see the module docstring of videomar_jax.cli.main.",

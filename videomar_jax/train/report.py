@@ -22,8 +22,16 @@ def read_metrics(workdir: str) -> dict[int, dict]:
   return dict(sorted(rows.items()))
 
 
-def write_loss_report(workdir: str, stage_ends: list[int], extra: dict) -> dict:
-  """Writes `loss_curve.png` and `train_summary.json` into workdir; returns the summary."""
+def write_loss_report(workdir: str, stage_ends: list[int], this_run_seconds: float) -> dict:
+  """Writes `loss_curve.png` and `train_summary.json` into workdir; returns the summary.
+
+  `train_seconds` adds this run's wall time to that of earlier (resumed) runs.
+  """
+  summary_path = os.path.join(workdir, "train_summary.json")
+  earlier = 0.0
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      earlier = json.load(f).get("train_seconds", 0.0)
   rows = read_metrics(workdir)
   steps = np.array(list(rows), dtype=np.int64)
   losses = np.array([r["loss"] for r in rows.values()], dtype=np.float64)
@@ -36,7 +44,7 @@ def write_loss_report(workdir: str, stage_ends: list[int], extra: dict) -> dict:
       "loss_min": float(losses.min()) if len(losses) else None,
       "window": window,
       "stage_ends": list(stage_ends),
-      **extra,
+      "train_seconds": round(earlier + this_run_seconds, 1),
   }
   fig, ax = plt.subplots(figsize=(7, 4))
   ax.plot(steps, losses, color="0.75", lw=0.8, label="loss per step")
@@ -52,6 +60,6 @@ def write_loss_report(workdir: str, stage_ends: list[int], extra: dict) -> dict:
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "loss_curve.png"), dpi=100)
   plt.close(fig)
-  with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+  with open(summary_path, "w") as f:
     json.dump(summary, f, indent=2)
   return summary

@@ -9,6 +9,7 @@ import optax
 
 from videomar_jax.losses import next_frame
 from videomar_jax.models import sequence
+from videomar_jax.tokenizers.base import video_to_unit
 
 
 @flax.struct.dataclass
@@ -32,8 +33,7 @@ def create_state(model, optimizer: optax.GradientTransformation, seed: int) -> T
 
 def video_to_tokens(model, tokenizer, video: jax.Array):
   """uint8 video [B, F, H, W, 3] -> (tokens [B, T, N, C], (h, w) token grid)."""
-  pixels = video.astype(jnp.float32) / 127.5 - 1.0
-  latents = tokenizer.encode(pixels)
+  latents = tokenizer.encode(video_to_unit(video))
   p = model.config.model.patch_size
   _, _, lh, lw, _ = latents.shape
   return sequence.patchify(latents, p), (lh // p, lw // p)
@@ -55,7 +55,11 @@ def make_train_step(model, tokenizer, optimizer: optax.GradientTransformation,
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+    # EMA with the usual warmup (decay (1 + n) / (10 + n) until it reaches ema_decay), so
+    # that short runs do not sample from weights still dominated by the initialisation.
+    n = state.step.astype(jnp.float32)
+    decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
                                  state.ema_params, params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,

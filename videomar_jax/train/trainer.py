@@ -207,7 +207,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
     checkpointer.close()
   report = write_loss_report(workdir, [end for _, end in bounds],
-                             {"this_run_seconds": round(time.perf_counter() - run_start, 1)})
+                             this_run_seconds=time.perf_counter() - run_start)
   print(f"Loss {report['loss_first_window_mean']:.4f} (first {report['window']} steps) -> "
         f"{report['loss_last_window_mean']:.4f} (last {report['window']}); curve in "
         f"{workdir}/loss_curve.png", flush=True)

@@ -1,0 +1,132 @@
+"""Video I/O, ball-centre metrics, the sampler benchmark, and `videomar sample/evaluate`."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from conftest import REPO, small_config
+from videomar_jax import bench
+from videomar_jax.data import bouncing_balls
+from videomar_jax.eval import balls
+from videomar_jax.models import sequence
+from videomar_jax.sampling import video_io
+from videomar_jax.tokenizers.base import unit_to_video
+from videomar_jax.tokenizers.patch import PatchTokenizer
+
+
+def test_centres_found_from_colour_masks_match_the_simulation():
+  colour_ids = np.array([0, 3])
+  start = np.array([[8.0, 6.0], [22.0, 10.0]])
+  centres = bouncing_balls.simulate(start, colour_ids, num_frames=6, resolution=32, radius=3,
+                                    gravity=0.5, restitution=0.9, substeps=4)
+  frames = bouncing_balls.render(centres, colour_ids, 32, 3)
+  colours = bouncing_balls.PALETTE_RGB[colour_ids]
+  errors = balls.centre_errors(frames, centres, colours)
+  assert errors.shape == (6,) and errors.max() < 0.6
+  # An empty frame loses both balls and scores the penalty (half the frame size).
+  assert balls.centre_errors(np.zeros_like(frames), centres, colours).min() == 16.0
+  assert balls.psnr(frames, frames) > 90 and balls.psnr(frames, 255 - frames) < 5
+
+
+def test_reading_conditioning_files(tmp_path):
+  rgb = np.random.default_rng(0).integers(0, 255, (20, 18, 3), dtype=np.uint8)
+  imageio.imwrite(tmp_path / "rgb.png", rgb)
+  frames = video_io.read_frames(str(tmp_path / "rgb.png"))
+  assert frames.shape == (1, 20, 18, 3)
+  resized = video_io.fit_to_stride(frames, 4)
+  assert resized.shape == (1, 20, 16, 3)
+  imageio.imwrite(tmp_path / "grey.png", rgb[..., 0])
+  with pytest.raises(video_io.VideoInputError, match="greyscale"):
+    video_io.read_frames(str(tmp_path / "grey.png"))
+  (tmp_path / "junk.mp4").write_bytes(b"not a video")
+  with pytest.raises(video_io.VideoInputError, match="cannot be read"):
+    video_io.read_frames(str(tmp_path / "junk.mp4"))
+  with pytest.raises(video_io.VideoInputError, match="no such file"):
+    video_io.read_frames(str(tmp_path / "missing.png"))
+  clip = np.stack([rgb[:, :16], 255 - rgb[:, :16], rgb[:, 2:]])  # distinct frames: GIF
+  paths = video_io.write_video(str(tmp_path / "clip"), clip)     # writers merge repeats
+  assert all(os.path.getsize(p) > 0 for p in paths)
+  assert [video_io.read_frames(p).shape[0] for p in paths] == [3, 3]
+  balls_clip = bouncing_balls.render(np.array([[[4.0, 4.0]], [[9.0, 6.0]]]), np.array([2]),
+                                     16, 3)
+  gif = video_io.write_video(str(tmp_path / "balls"), balls_clip)[1]
+  np.testing.assert_array_equal(video_io.read_frames(gif), balls_clip)  # few colours: exact
+
+
+def test_sampler_benchmark_reports_every_key():
+  config = small_config()
+  config.head.num_sampling_steps = 5
+  result = bench.bench_sampler(config, grid_side=3, generated_frames=2, steps_per_frame=3,
+                               repeats=1, log=lambda *_: None)
+  for key in ("kv_cache_s", "no_cache_s", "next_token_s", "speedup_no_cache_over_kv",
+              "speedup_next_token_over_kv", "generated_frames", "steps_per_frame",
+              "tokens_per_frame", "achieved_flops", "peak_flops"):
+    assert key in result and np.isfinite(result[key]) and result[key] > 0, key
+  assert result["tokens_per_frame"] == 9 and result["steps_per_frame"] == 3
+
+
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, "-m", "videomar_jax.cli.main", *args],
+                        capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_then_sample_and_evaluate_from_the_command_line(tmp_path):
+  workdir = str(tmp_path / "run")
+  result = _cli("train", f"--config={REPO}/configs/videomar.py:tiny", f"--workdir={workdir}",
+                f"--config.data.data_dir={tmp_path}/data", "--config.data.num_train_clips=16",
+                "--config.data.num_test_clips=4", "--config.data.num_frames=6",
+                "--config.data.resolution=16", "--config.batch_size=4",
+                "--config.model.width=32", "--config.head.width=32",
+                "--config.head.num_sampling_steps=10", "--config.stages[0].steps=2",
+                "--config.stages[0].resolution=16", "--config.stages[0].num_frames=3",
+                "--config.stages[1].steps=2", "--config.stages[1].resolution=16",
+                "--config.stages[1].num_frames=4")
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  frames = bouncing_balls.render(np.array([[[5.0, 5.0]]]), np.array([1]), 16, 3)[0]
+  imageio.imwrite(tmp_path / "first.png", frames)
+  out = str(tmp_path / "out" / "video.mp4")
+  os.makedirs(os.path.dirname(out))
+  result = _cli("sample", f"--workdir={workdir}", f"--image={tmp_path}/first.png",
+                f"--out={out}", "--num_frames=5", "--num_steps=4", "--save_latents")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert video_io.read_frames(out).shape == (5, 16, 16, 3)
+  tokens = np.load(out.replace(".mp4", ".npy"))
+  assert tokens.shape == (5, 16, 48)
+  # The given frame comes back unchanged (decoded from the saved tokens: exact).
+  latents = sequence.unpatchify(tokens[None, :1], 1, 4, 4)
+  np.testing.assert_array_equal(unit_to_video(PatchTokenizer(4).decode(latents))[0, 0], frames)
+
+  # Video-to-video from two given frames, and a checkpoint folder instead of a workdir.
+  video_io.write_video(str(tmp_path / "cond"), np.stack([frames, np.roll(frames, 2, 1)]))
+  checkpoint = sorted(glob.glob(f"{workdir}/checkpoints/[0-9]*"))[-1]
+  result = _cli("sample", f"--checkpoint={checkpoint}", f"--video={tmp_path}/cond.gif",
+                f"--out={tmp_path}/v2v.mp4", "--num_frames=4", "--num_steps=2",
+                "--temperature=1.0,0.9")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "after 2 given" in result.stdout
+  assert video_io.read_frames(f"{tmp_path}/v2v.mp4").shape[0] == 4
+
+  result = _cli("sample", f"--workdir={workdir}", f"--image={tmp_path}/nope.png",
+                f"--out={out}")
+  assert result.returncode != 0 and "no such file" in result.stderr
+
+  result = _cli("evaluate", f"--workdir={workdir}", "--num_examples=2", "--num_steps=4")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(f"{workdir}/report/metrics.json") as f:
+    metrics = json.load(f)
+  for key in ("centre_error_px", "centre_error_px_per_frame", "psnr",
+              "baseline_centre_error_px", "baseline_psnr", "train_seconds",
+              "generate_seconds"):
+    assert metrics[key] is not None, key
+  assert len(metrics["centre_error_px_per_frame"]) == 3
+  assert os.path.exists(f"{workdir}/report/centre_error_per_frame.png")
+  assert len(glob.glob(f"{workdir}/report/example_*_generated_vs_truth.gif")) == 2

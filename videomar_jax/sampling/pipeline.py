@@ -1,0 +1,76 @@
+"""From a checkpoint and pixels to generated pixels: loading, tokenizing, decoding."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from videomar_jax.models import sequence
+from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.sampling.generate import SamplerSettings, generate
+from videomar_jax.tokenizers import make_tokenizer
+from videomar_jax.tokenizers.base import unit_to_video
+from videomar_jax.train import optimizer as optim_lib
+from videomar_jax.train.checkpoint import Checkpointer
+from videomar_jax.train.state import create_state, video_to_tokens
+
+
+def load_checkpoint(path: str, use_ema: bool = True):
+  """A run directory (its latest checkpoint) or `<run>/checkpoints/<step>` ->
+  (config, params, step). EMA weights by default."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    workdir, step = path, None
+  elif os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.basename(
+      path).isdigit():
+    workdir, step = os.path.dirname(os.path.dirname(path)), int(os.path.basename(path))
+  else:
+    raise FileNotFoundError(f"{path} is neither a run directory with checkpoints/ nor a "
+                            "checkpoints/<step> folder.")
+  checkpointer = Checkpointer(workdir, keep=1_000_000)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint.")
+    meta = checkpointer.restore_meta(step)
+    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    model = VideoMAR(config)
+    total = sum(stage["steps"] for stage in config.stages)
+    optimizer = optim_lib.make_optimizer(config.optim, config.batch_size, total)
+    abstract = jax.eval_shape(lambda: create_state(model, optimizer, config.seed))
+    state = checkpointer.restore(step, abstract)
+  finally:
+    checkpointer.close()
+  return config, (state.ema_params if use_ema else state.params), step
+
+
+class VideoGenerator:
+  """Pixels in, pixels out, for one model: wraps tokenizer, `generate` and decoding."""
+
+  def __init__(self, config: ml_collections.ConfigDict, params):
+    self.config, self.params = config, params
+    self.model = VideoMAR(config)
+    self.tokenizer = make_tokenizer(config.tokenizer)
+    self.stride = self.tokenizer.spatial_stride * config.model.patch_size
+
+  def tokens(self, video: np.ndarray):
+    """uint8 [B, F, H, W, 3] -> (tokens [B, T, N, C], grid)."""
+    return video_to_tokens(self.model, self.tokenizer, jnp.asarray(video))
+
+  def pixels(self, tokens: jax.Array, grid) -> np.ndarray:
+    """tokens [B, T, N, C] -> uint8 video [B, F, H, W, 3]."""
+    p = self.config.model.patch_size
+    latents = sequence.unpatchify(tokens, p, grid[0] * p, grid[1] * p)
+    return np.asarray(unit_to_video(self.tokenizer.decode(latents)))
+
+  def __call__(self, given_video: np.ndarray, settings: SamplerSettings, seed: int = 0,
+               context=None, context_mask=None):
+    """Generates after the given frames; returns (uint8 video incl. the given frames,
+    tokens)."""
+    tokens, grid = self.tokens(given_video)
+    out = generate(self.model, self.params, tokens, jax.random.key(seed), settings, grid,
+                   context, context_mask)
+    return self.pixels(out["tokens"], grid), out["tokens"]
