@@ -77,13 +77,18 @@ def test_remat_keeps_outputs_and_gradients(policy):
                          g1, g2)
 
 
-@pytest.mark.parametrize("kind", ["none", "class", "text"])
-def test_every_parameter_has_logical_axis_names(kind):
+def _context_model(kind):
   config = small_config()
   config.model.context.kind = kind
   config.model.context.num_classes = 5
   config.model.context.dim, config.model.context.length = 12, 3
   model = VideoMAR(config)
+  return model, perturb(model.init(jax.random.key(0)), jax.random.key(1))
+
+
+@pytest.mark.parametrize("kind", ["none", "class", "text"])
+def test_every_parameter_has_logical_axis_names(kind):
+  model, _ = _context_model(kind)
   specs = model.logical_axes()
   shapes = model.abstract_params()
   flat_specs = jax.tree_util.tree_leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
@@ -94,15 +99,6 @@ def test_every_parameter_has_logical_axis_names(kind):
     assert any(name is not None for name in spec), spec
   assert specs["transformer"]["blocks"]["attn1"]["wqkv"]["kernel"] == (
       jax.sharding.PartitionSpec("layers", "embed", "heads", "qkv", "kv"))
-
-
-def _context_model(kind):
-  config = small_config()
-  config.model.context.kind = kind
-  config.model.context.num_classes = 5
-  config.model.context.dim, config.model.context.length = 12, 3
-  model = VideoMAR(config)
-  return model, perturb(model.init(jax.random.key(0)), jax.random.key(1))
 
 
 def test_text_context_padding_and_null_context():
