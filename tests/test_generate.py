@@ -120,3 +120,32 @@ def test_frame_temperatures():
                              [1.0, .98])
   with pytest.raises(ValueError, match="temperatures given"):
     schedules.frame_temperatures("list", 3, values=(1.0,))
+
+
+def _dot_input_shapes(jaxpr):
+  """Shapes of the left operand of every matmul in a jaxpr, sub-jaxprs (scans) included."""
+  shapes = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      shapes.append(tuple(eqn.invars[0].aval.shape))
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else [param]):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          shapes += _dot_input_shapes(inner)
+  return shapes
+
+
+def test_the_diffusion_head_only_sees_the_tokens_being_revealed():
+  model, params = _model()
+  h = w = 4  # N = 16 tokens, 4 steps -> at most 6 tokens revealed per step
+  settings = SamplerSettings(num_frames=3, num_steps=4)
+  width = schedules.cosine_schedule(h * w, 4).max_revealed
+  assert width < h * w
+  jaxpr = jax.make_jaxpr(lambda p, g: generate(model, p, g, jax.random.key(0), settings,
+                                                (h, w)))(
+      params, jax.random.normal(jax.random.key(1), (B, 1, h * w, model.token_dim)))
+  # The head's input projection is the only 2-D matmul on token-sized vectors.
+  head_rows = {s[0] for s in _dot_input_shapes(jaxpr.jaxpr)
+               if len(s) == 2 and s[1] == model.token_dim}
+  assert head_rows == {B * width}, head_rows
