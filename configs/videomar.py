@@ -114,8 +114,20 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   if preset == "tiny":
     config.optim.lr = 1e-3  # tiny models on tiny data want a larger step than 1e-4*B/256
+    config.optim.ema_decay = 0.995  # a run of minutes: average over its last ~200 steps
     # At depth 2 on a CPU, XLA's while loop costs more than one compiled block saves.
     config.model.scan_layers = False
+    # The head is cheap next to attention, and a wider one learns the 48-d pixel patches
+    # much faster (loss 0.05 -> 0.02 in the same 1200 steps on the built-in data).
+    config.head.width = 256
+    config.head.depth = 3
+    # IDDPM's linear schedule: with a head trained for minutes, the cosine schedule's first
+    # sampling steps (respaced beta ~ 1) amplify epsilon errors ~300x into pure noise.
+    config.head.noise_schedule = "linear"
+    config.stages = [
+        ml_collections.ConfigDict(dict(num_frames=4, resolution=32, steps=800, batch_size=0)),
+        ml_collections.ConfigDict(dict(num_frames=8, resolution=32, steps=200, batch_size=0)),
+    ]
   if preset == "paper":
     config.model.patch_size = 1
     config.model.dtype = "bfloat16"
