@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videomar_jax.tokenizers.patch import depth_to_space, space_to_depth
+
 EMPTY_FRAME = np.iinfo(np.int32).max  # frame index of keys nobody may attend to
 
 
@@ -51,16 +53,14 @@ def frame_causal_mask(num_frames: int, tokens_per_frame: int) -> jax.Array:
 
 def patchify(latents: jax.Array, p: int) -> jax.Array:
   """[B, T, h, w, C] latents -> [B, T, (h/p)*(w/p), p*p*C] tokens (channel order dy, dx, c)."""
-  b, t, h, w, c = latents.shape
+  b, t, h, w, _ = latents.shape
   if h % p or w % p:
     raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {p}.")
-  x = latents.reshape(b, t, h // p, p, w // p, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
-  return x.reshape(b, t, (h // p) * (w // p), p * p * c)
+  x = space_to_depth(latents, p)
+  return x.reshape(b, t, (h // p) * (w // p), x.shape[-1])
 
 
 def unpatchify(tokens: jax.Array, p: int, h: int, w: int) -> jax.Array:
   """Inverse of `patchify`: [B, T, N, p*p*C] -> [B, T, h, w, C] with h, w latent sizes."""
-  b, t, n, d = tokens.shape
-  c = d // (p * p)
-  x = tokens.reshape(b, t, h // p, w // p, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
-  return x.reshape(b, t, h, w, c)
+  b, t, _, d = tokens.shape
+  return depth_to_space(tokens.reshape(b, t, h // p, w // p, d), p)

@@ -56,15 +56,23 @@ class PatchTokenizer(Tokenizer):
     return self._latent_scale
 
   def _encode(self, video: jax.Array) -> jax.Array:
-    b, f, height, width, c = video.shape
-    p = self._patch_size
-    x = video.reshape(b, f, height // p, p, width // p, p, c)
-    x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))  # [b, f, h, w, dy, dx, c]
-    return x.reshape(b, f, height // p, width // p, p * p * c)
+    return space_to_depth(video, self._patch_size)
 
   def _decode(self, latents: jax.Array) -> jax.Array:
-    b, t, h, w, _ = latents.shape
-    p = self._patch_size
-    x = latents.reshape(b, t, h, w, p, p, 3)
-    x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))  # [b, t, h, dy, w, dx, c]
-    return x.reshape(b, t, h * p, w * p, 3)
+    return depth_to_space(latents, self._patch_size)
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+  """[..., H, W, C] -> [..., H/p, W/p, p*p*C], channel order (dy, dx, c)."""
+  *lead, height, width, c = x.shape
+  x = x.reshape(*lead, height // p, p, width // p, p, c)
+  x = jnp.swapaxes(x, -4, -3)  # [..., h, w, dy, dx, c]
+  return x.reshape(*lead, height // p, width // p, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+  """Inverse of `space_to_depth`: [..., h, w, p*p*C] -> [..., h*p, w*p, C]."""
+  *lead, h, w, d = x.shape
+  x = x.reshape(*lead, h, w, p, p, d // (p * p))
+  x = jnp.swapaxes(x, -4, -3)  # [..., h, dy, w, dx, c]
+  return x.reshape(*lead, h * p, w * p, d // (p * p))
