@@ -191,6 +191,8 @@ class VideoMARTransformer(nn.Module):
     x = dense(cfg.width, ("token_channels", "embed"), name="z_proj", dtype=cfg.dtype)(
         tokens.astype(cfg.dtype)).astype(jnp.float32)
     x = jnp.where(is_masked[..., None], mask_token.astype(jnp.float32), x)
+    # `sow` is free unless "intermediates" is mutable: `interop.verify` reads these.
+    self.sow("intermediates", "input_proj", x)
 
     ctx, ctx_mask = self.embed_context(b, context, context_mask, drop_context)
     attn_mask = attn_mask[:, None] if attn_mask.ndim == 3 else attn_mask[None, None]
@@ -214,6 +216,7 @@ class VideoMARTransformer(nn.Module):
         x, layer_kv = block(cfg, self.return_kv, name=f"blocks_{i}")(
             x, ctx, ctx_mask, positions, attn_mask, layer_cache)
         kvs.append(layer_kv)
+        self.sow("intermediates", f"block_{i}", x)
       kv = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *kvs) if self.return_kv else None
     z = LayerNorm(eps=1e-6, name="decoder_norm")(x)
     return (z, kv) if self.return_kv else z
