@@ -111,6 +111,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.train.log_every = 10
   config.train.checkpoint_every = 100
   config.train.keep_checkpoints = 3
+  # A PyTorch checkpoint in the VideoMAR authors' layout (.safetensors/.pt) whose weights
+  # initialise a fresh run (params and EMA); ignored when the run resumes. See interop/.
+  config.train.init_from = ""
 
   if preset == "tiny":
     config.optim.lr = 1e-3  # tiny models on tiny data want a larger step than 1e-4*B/256

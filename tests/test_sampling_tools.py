@@ -80,15 +80,16 @@ def _cli(*args):
 @pytest.mark.slow
 def test_train_then_sample_and_evaluate_from_the_command_line(tmp_path):
   workdir = str(tmp_path / "run")
-  result = _cli("train", f"--config={REPO}/configs/videomar.py:tiny", f"--workdir={workdir}",
-                f"--config.data.data_dir={tmp_path}/data", "--config.data.num_train_clips=16",
-                "--config.data.num_test_clips=4", "--config.data.num_frames=6",
-                "--config.data.resolution=16", "--config.batch_size=4",
-                "--config.model.width=32", "--config.head.width=32",
-                "--config.head.num_sampling_steps=10", "--config.stages[0].steps=2",
-                "--config.stages[0].resolution=16", "--config.stages[0].num_frames=3",
-                "--config.stages[1].steps=2", "--config.stages[1].resolution=16",
-                "--config.stages[1].num_frames=4")
+  config_flags = (f"--config={REPO}/configs/videomar.py:tiny",
+                  f"--config.data.data_dir={tmp_path}/data", "--config.data.num_train_clips=16",
+                  "--config.data.num_test_clips=4", "--config.data.num_frames=6",
+                  "--config.data.resolution=16", "--config.batch_size=4",
+                  "--config.model.width=32", "--config.head.width=32",
+                  "--config.head.num_sampling_steps=10", "--config.stages[0].steps=2",
+                  "--config.stages[0].resolution=16", "--config.stages[0].num_frames=3",
+                  "--config.stages[1].steps=2", "--config.stages[1].resolution=16",
+                  "--config.stages[1].num_frames=4")
+  result = _cli("train", f"--workdir={workdir}", *config_flags)
   assert result.returncode == 0, result.stderr[-3000:]
 
   frames = bouncing_balls.render(np.array([[[5.0, 5.0]]]), np.array([1]), 16, 3)[0]
@@ -104,6 +105,16 @@ def test_train_then_sample_and_evaluate_from_the_command_line(tmp_path):
   # The given frame comes back unchanged (decoded from the saved tokens: exact).
   latents = sequence.unpatchify(tokens[None, :1], 1, 4, 4)
   np.testing.assert_array_equal(unit_to_video(PatchTokenizer(4).decode(latents))[0, 0], frames)
+
+  # Export to the authors' PyTorch layout; sampling from the export gives the same video.
+  exported = f"{tmp_path}/exported.safetensors"
+  result = _cli("torch", "export", f"--workdir={workdir}", f"--out={exported}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = _cli("sample", f"--torch_checkpoint={exported}", *config_flags,
+                f"--image={tmp_path}/first.png", f"--out={tmp_path}/from_torch.mp4",
+                "--num_frames=5", "--num_steps=4", "--save_latents")
+  assert result.returncode == 0, result.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(f"{tmp_path}/from_torch.npy"), tokens)
 
   # Video-to-video from two given frames, and a checkpoint folder instead of a workdir.
   video_io.write_video(str(tmp_path / "cond"), np.stack([frames, np.roll(frames, 2, 1)]))

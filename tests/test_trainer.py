@@ -243,3 +243,25 @@ def test_cli_info_and_data_build(tmp_path):
                 "--resolution=16")
   assert result.returncode == 0, result.stderr
   assert glob.glob(f"{tmp_path}/**/*.array_record*", recursive=True)
+
+
+def test_a_fresh_run_can_start_from_pytorch_weights(tmp_path, data_dir):
+  from videomar_jax import interop  # pylint: disable=import-outside-toplevel
+  from videomar_jax.sampling.pipeline import load_checkpoint  # pylint: disable=import-outside-toplevel
+  config = _config(data_dir, checkpoint_every=1)
+  config.stages[0].steps, config.stages[1].steps = 1, 1
+  config.optim.lr = 1e-30  # the steps run, but leave the weights where they started
+  model = VideoMAR(config)
+  weights = jax.tree_util.tree_map(lambda p: p + 0.5, model.init(jax.random.key(7)))
+  interop.export_params(weights, config, str(tmp_path / "authors.safetensors"))
+  config.train.init_from = str(tmp_path / "authors.safetensors")
+  trainer.train(config, str(tmp_path / "run"))
+  for use_ema in (False, True):
+    _, params, step = load_checkpoint(str(tmp_path / "run"), use_ema=use_ema)
+    assert step == 2
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(weights)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+  config.train.init_from = str(tmp_path / "missing.safetensors")
+  with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+    trainer.train(config, str(tmp_path / "run2"))

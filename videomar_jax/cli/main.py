@@ -7,6 +7,8 @@
   videomar sample (--workdir=DIR | --checkpoint=PATH) (--image=cond.png | --video=cond.mp4)
       --out=out.mp4 [--num_frames --num_steps --cfg --temperature --seed --save_latents]
   videomar bench sampler --config=configs/videomar.py:tiny --json=out.json
+  videomar verify --torch_checkpoint=PATH --config=... (see cli/torch_commands.py)
+  videomar torch export --checkpoint=RUN_OR_STEP --out=model.safetensors
 
 Flags are absl flags; `--config` is an `ml_collections` config file (`path[:arg]`) whose
 fields can be overridden with `--config.key=value`. The config is locked: unknown keys are
@@ -20,7 +22,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler")
+from videomar_jax.cli import torch_commands
+
+COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler", "verify",
+            "torch export")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path[:arg]`.",
                                           lock_config=True)
@@ -145,8 +150,10 @@ def cmd_sample(_):
   from videomar_jax.sampling.pipeline import VideoGenerator, load_checkpoint
   # pylint: enable=g-import-not-at-top
   source = _CHECKPOINT.value or _WORKDIR.value
-  if source is None:
-    raise app.UsageError("sample needs --workdir or --checkpoint.")
+  torch_source = flags.FLAGS["torch_checkpoint"].value
+  if (source is None) == (torch_source is None):
+    raise app.UsageError("sample needs one of --workdir, --checkpoint or --torch_checkpoint "
+                         "(with --config).")
   if (_IMAGE.value is None) == (_VIDEO.value is None):
     raise app.UsageError("sample needs exactly one of --image or --video.")
   out = _require(_OUT, "sample")
@@ -154,7 +161,13 @@ def cmd_sample(_):
     frames = video_io.read_frames(_IMAGE.value or _VIDEO.value)
   except video_io.VideoInputError as e:
     raise app.UsageError(str(e)) from None
-  config, params, step = load_checkpoint(source)
+  if torch_source:
+    from videomar_jax import interop
+    config = _require(_CONFIG, "sample --torch_checkpoint")
+    params = interop.load_params(torch_source, config, flags.FLAGS["torch_entry"].value)
+    step = "(PyTorch weights)"
+  else:
+    config, params, step = load_checkpoint(source)
   generator = VideoGenerator(config, params)
   frames = video_io.fit_to_stride(frames, generator.stride)
   given = frames[:1] if _IMAGE.value else frames[:_NUM_GIVEN.value or len(frames)]
@@ -194,14 +207,15 @@ def cmd_bench_sampler(_):
 
 
 HANDLERS = {"train": cmd_train, "data build": cmd_data_build, "info": cmd_info,
-            "evaluate": cmd_evaluate, "sample": cmd_sample, "bench sampler": cmd_bench_sampler}
+            "evaluate": cmd_evaluate, "sample": cmd_sample, "bench sampler": cmd_bench_sampler,
+            **torch_commands.HANDLERS}
 
 
 def run(argv=None):
   argv = list(sys.argv if argv is None else argv)
   prog = os.path.basename(argv[0])
   words = [a for a in argv[1:3] if not a.startswith("-")]
-  command = " ".join(words[:2]) if words[:1] in (["data"], ["bench"]) else " ".join(words[:1])
+  command = " ".join(words[:2]) if words[:1] in (["data"], ["bench"], ["torch"]) else " ".join(words[:1])
   if command not in HANDLERS:
     print(f"usage: {prog} {{{' | '.join(COMMANDS)}}} [flags]\n"
           f"unknown command {command!r}; see the module docstring of videomar_jax.cli.main.",

@@ -18,6 +18,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tensorboardX import SummaryWriter
@@ -160,6 +161,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if state is None:
           if meta is None:
             state = create_state(model, optimizer, config.seed)
+            if config.train.init_from:
+              state = _init_from_torch(state, optimizer, config)
           else:
             same_stage = meta["stage"] == stage_index and step > start
             state = checkpointer.restore(latest, abstract_state,
@@ -212,6 +215,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{report['loss_last_window_mean']:.4f} (last {report['window']}); curve in "
         f"{workdir}/loss_curve.png", flush=True)
   return {"status": status, "step": step}
+
+
+def _init_from_torch(state: TrainState, optimizer, config) -> TrainState:
+  """A fresh state whose params and EMA are the weights of `config.train.init_from`."""
+  from videomar_jax import interop  # pylint: disable=import-outside-toplevel
+  params = jax.tree_util.tree_map(jnp.asarray,
+                                  interop.load_params(config.train.init_from, config))
+  print(f"Initialised the weights from {config.train.init_from}.", flush=True)
+  return state.replace(params=params, opt_state=optimizer.init(params),
+                       ema_params=jax.tree_util.tree_map(jnp.copy, params))
 
 
 def _log_step(step: int, metrics: dict, metrics_file, checkpointer: Checkpointer) -> dict:
