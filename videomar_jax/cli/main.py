@@ -225,13 +225,28 @@ def run(argv=None):
   app.run(_quiet_libraries(HANDLERS[command]), argv=[f"{prog} {command}"] + rest)
 
 
+def _user_errors() -> tuple:
+  """Errors that describe bad input (a missing file, a checkpoint for another model): the
+  message says it all, a traceback would only bury it."""
+  # pylint: disable=import-outside-toplevel
+  from videomar_jax.interop.checkpoints import CheckpointFileError
+  from videomar_jax.interop.layout import LayoutError
+  from videomar_jax.interop.safetensors_io import SafetensorsError
+  from videomar_jax.interop.verify import InputError
+  return (FileNotFoundError, CheckpointFileError, LayoutError, SafetensorsError, InputError)
+
+
 def _quiet_libraries(handler):
   """Orbax and TFDS log every file they touch at INFO; show warnings only unless the user
-  asked for more with --verbosity."""
+  asked for more with --verbosity. Bad-input errors print as one message, exit status 1."""
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
-    return handler(argv)
+    try:
+      return handler(argv)
+    except _user_errors() as e:
+      print(f"ERROR: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
   return wrapped
 
 
