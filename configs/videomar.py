@@ -13,6 +13,8 @@ built-in `bouncing_balls` set; paper-scale runs override `data`, `tokenizer` and
 
 import ml_collections
 
+from videomar_jax.parallel.rules import default_rules_config
+
 # name: (width, depth, num_heads, head_width, head_depth)
 MODEL_PRESETS = {
     "tiny": (64, 2, 4, 64, 2),
@@ -107,6 +109,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.optim.ema_decay = 0.999
 
   # ---- Loop, logging, checkpoints.
+  # Devices: a (data, fsdp, tensor) mesh, -1 = the devices the other axes leave; and the
+  # logical-axis rules placing parameters and activations on it (videomar_jax/parallel/).
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.mesh.num_devices = 0  # 0 = every device; n = the first n (one process only)
+  config.sharding = ml_collections.ConfigDict()
+  config.sharding.rules = default_rules_config()
+
   config.train = ml_collections.ConfigDict()
   config.train.log_every = 10
   config.train.checkpoint_every = 100

@@ -8,6 +8,10 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
+# Eight fake CPU devices for the sharding tests (a config option, not XLA_FLAGS, so that
+# the command-line runs the tests launch keep one device unless they ask for more).
+jax.config.update("jax_num_cpu_devices", 8)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,6 +46,7 @@ def small_config(**model_overrides) -> ml_collections.ConfigDict:
       ml_collections.ConfigDict(dict(num_frames=4, resolution=16, steps=4, batch_size=2)),
   ]
   config.train.log_every = 2
+  config.mesh.num_devices = 1  # the 8 fake devices are for test_sharding's explicit meshes
   config.train.checkpoint_every = 2
   for key, value in model_overrides.items():
     config.model[key] = value

@@ -57,6 +57,13 @@ _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 8, "evaluate: held-out clip
 _JSON = flags.DEFINE_string("json", None, "bench: where to write the figures.")
 _GRID = flags.DEFINE_integer("bench_grid", 16, "bench sampler: tokens per frame side.")
 _REPEATS = flags.DEFINE_integer("bench_repeats", 3, "bench sampler: timed runs per mode.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "none", ["none", "auto", "manual"], "train: multi-process start-up: "
+    "none (one process), auto (Cloud TPU VMs, SLURM), manual (the three flags below or "
+    "VIDEOMAR_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
 _NUM_FRAMES_INFO = flags.DEFINE_integer("info_num_frames", 0, "info: pixel frames of the "
                                         "clip to count FLOPs for (0 = the last stage's).")
 
@@ -68,9 +75,12 @@ def _require(flag, what: str):
 
 
 def cmd_train(_):
+  from videomar_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from videomar_jax.train import trainer  # pylint: disable=g-import-not-at-top
   config = _require(_CONFIG, "train")
   workdir = _require(_WORKDIR, "train")
+  distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
   try:
     summary = trainer.train(config, workdir)
   except trainer.NonFiniteLossError as e:

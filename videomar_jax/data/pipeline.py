@@ -6,8 +6,9 @@ records are dicts with ``frames`` uint8 ``[F0, H0, W0, 3]`` and optionally
 ``centres`` float ``[F0, K, 2]``) into a ``grain.DataLoader`` that
 
 1. shuffles deterministically by ``seed`` (``grain.samplers.IndexSampler``,
-   reshuffled every epoch) and shards per process (``grain.sharding.ShardOptions``;
-   each process reads a disjoint, equally sized part of every epoch),
+   reshuffled every epoch) into one global order, and gives each process its rows of
+   every global batch (:class:`GlobalBatchRows`), so the global batches do not depend on
+   the number of processes and each process reads only the records it trains on,
 2. crops ``num_frames`` consecutive frames at a random start
    (:class:`RandomTemporalCrop`, a ``grain.transforms.RandomMap``: grain seeds the
    generator of every record from ``seed`` and the record's position in the global
@@ -41,6 +42,7 @@ batches. With orbax use ``grain.checkpoint.CheckpointSave(iterator)`` /
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grain
@@ -160,6 +162,51 @@ def _get_frames(element: Any) -> np.ndarray:
   return frames
 
 
+class GlobalBatchRows:
+  """A sampler that gives process p its rows [p*b, (p+1)*b) of every global batch.
+
+  grain's DataLoader hands shard p the sampler indices p, p+P, p+2P, ...; the k-th of them
+  is mapped to global position (k // b) * B + p * b + k % b of `global_order` (B the global
+  batch, b = B / P), keeping that position's record and random seed. Stacking the
+  processes' local batches in process order (`jax.make_array_from_process_local_data`)
+  then rebuilds the global batch of a one-process run, crops included.
+  """
+
+  def __init__(self, global_order, global_batch_size: int, shard_count: int):
+    self._order = global_order
+    self._global = global_batch_size
+    self._count = shard_count
+    self._local = global_batch_size // shard_count
+
+  def __repr__(self) -> str:  # grain checks it when restoring an iterator state
+    return (f"GlobalBatchRows(order={self._order!r}, global_batch_size={self._global}, "
+            f"shard_count={self._count})")
+
+  def __getitem__(self, index: int):
+    process, k = index % self._count, index // self._count
+    position = (k // self._local) * self._global + process * self._local + k % self._local
+    meta = self._order[position]
+    return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
+
+
+def iterator_state_after(loader: grain.DataLoader, num_batches: int) -> bytes:
+  """The iterator state of `loader` after `num_batches` batches, built from the step count.
+
+  Used to resume on a different number of processes, where the saved per-process states
+  do not apply: thanks to `GlobalBatchRows` the next global batch is the same either way.
+  Only for `worker_count=0` (with workers, grain's state is per worker).
+  """
+  if loader._multiprocessing_options.num_workers:  # pylint: disable=protected-access
+    raise ValueError("resuming on a different number of processes needs "
+                     "data.worker_count=0 (grain's worker states are per process).")
+  state = json.loads(iter(loader).get_state())
+  sampler = loader._sampler  # pylint: disable=protected-access
+  local = num_batches * sampler._local  # pylint: disable=protected-access
+  shard = loader._shard_options  # pylint: disable=protected-access
+  state["last_seen_indices"] = {"0": shard.shard_index + (local - 1) * shard.shard_count}
+  return json.dumps(state, indent=4).encode()
+
+
 def make_loader(
     source: Any,
     *,
@@ -232,13 +279,16 @@ def make_loader(
   shard_options = grain.sharding.ShardOptions(
       shard_index=shard_index, shard_count=shard_count, drop_remainder=True
   )
-  sampler = grain.samplers.IndexSampler(
+  # One global order for every process count, each process reading its own rows of every
+  # global batch: 2 processes x 4 devices see exactly the batches of 1 process x 8.
+  global_order = grain.samplers.IndexSampler(
       num_records=num_records,
-      shard_options=shard_options,
+      shard_options=grain.sharding.ShardOptions(0, 1, drop_remainder=True),
       shuffle=shuffle,
       num_epochs=num_epochs,
       seed=seed,
   )
+  sampler = GlobalBatchRows(global_order, global_batch_size, shard_count)
   operations = [
       RandomTemporalCrop(num_frames),
       Resize(resolution),

@@ -8,6 +8,8 @@ Logical axis names used by the transformer:
   context_length, classes, modulation (the 6 rows of scale_shift_table), layers (scan axis).
 """
 
+import contextlib
+import contextvars
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -15,6 +17,35 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+
+# (logical name, mesh axes) rules for activation constraints, set by `activation_rules`.
+# Kept apart from flax's global logical-axis rules on purpose: with those active, flax also
+# constrains parameters while it traces their (flattened) initialisers, which fails for
+# multi-dimensional DenseGeneral kernels.
+_ACTIVATION_RULES = contextvars.ContextVar("activation_rules", default=None)
+
+
+@contextlib.contextmanager
+def activation_rules(rules):
+  """Within this context (and a `jax.set_mesh`), `constrain` places activations."""
+  token = _ACTIVATION_RULES.set(tuple(rules))
+  try:
+    yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str]) -> jax.Array:
+  """`with_sharding_constraint` by logical axis names; a no-op without rules or a mesh."""
+  rules = _ACTIVATION_RULES.get()
+  if rules is None or jax.sharding.get_abstract_mesh().empty:
+    return x
+  table = dict(rules)
+  missing = [name for name in logical_axes if name not in table]
+  if missing:
+    raise ValueError(f"no sharding rule for activation axes {missing}.")
+  return jax.lax.with_sharding_constraint(
+      x, jax.sharding.PartitionSpec(*(table[name] for name in logical_axes)))
 
 
 def dense(features: int | Sequence[int], axes: Sequence[str], name: str, *,

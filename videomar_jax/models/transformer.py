@@ -17,7 +17,11 @@ import jax.numpy as jnp
 
 from videomar_jax.models import rope
 from videomar_jax.models.attention import CrossAttention, SelfAttention
-from videomar_jax.models.layers import LayerNorm, dense
+from videomar_jax.models.layers import LayerNorm, constrain, dense
+
+# Logical axes of the residual stream [B, S, D]; `config.sharding.rules` maps them to the mesh
+# (batch over data+fsdp by default). A no-op unless rules are active (see parallel/).
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 REMAT_POLICIES = {
     "none": None,
@@ -104,7 +108,8 @@ class Block(nn.Module):
               dtype=cfg.dtype)(h.astype(cfg.dtype))
     h = nn.gelu(h, approximate=True)
     h = dense(cfg.width, ("mlp", "embed"), name="ff_out", use_bias=False, dtype=cfg.dtype)(h)
-    return (x + gate_mlp * h).astype(jnp.float32), new_kv
+    x = (x + gate_mlp * h).astype(jnp.float32)
+    return constrain(x, ACTIVATION_AXES), new_kv
 
 
 class VideoMARTransformer(nn.Module):
@@ -191,6 +196,7 @@ class VideoMARTransformer(nn.Module):
     x = dense(cfg.width, ("token_channels", "embed"), name="z_proj", dtype=cfg.dtype)(
         tokens.astype(cfg.dtype)).astype(jnp.float32)
     x = jnp.where(is_masked[..., None], mask_token.astype(jnp.float32), x)
+    x = constrain(x, ACTIVATION_AXES)
     # `sow` is free unless "intermediates" is mutable: `interop.verify` reads these.
     self.sow("intermediates", "input_proj", x)
 

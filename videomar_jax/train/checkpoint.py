@@ -10,6 +10,7 @@ checkpoint intact.
 import os
 
 import grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -28,7 +29,8 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator, stage: int,
            config: ml_collections.ConfigDict) -> None:
-    meta = {"step": int(step), "stage": int(stage), "config": config.to_json_best_effort()}
+    meta = {"step": int(step), "stage": int(stage), "process_count": jax.process_count(),
+            "config": config.to_json_best_effort()}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),

@@ -19,17 +19,21 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from tensorboardX import SummaryWriter
 
 from videomar_jax.data import bouncing_balls, pipeline
 from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.parallel import partition
+from videomar_jax.parallel.mesh import make_mesh
+from videomar_jax.parallel.rules import rules_from_config
 from videomar_jax.tokenizers import make_tokenizer
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train.checkpoint import Checkpointer
 from videomar_jax.train.report import write_loss_report
-from videomar_jax.train.state import TrainState, create_state, make_train_step
+from videomar_jax.train.state import TrainState, make_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,11 +53,17 @@ def stage_batch_size(config, stage) -> int:
   return stage.batch_size or config.batch_size
 
 
-def validate(config: ml_collections.ConfigDict, tokenizer) -> None:
+def validate(config: ml_collections.ConfigDict, tokenizer, mesh=None) -> None:
   """Config checks that would otherwise fail deep inside jit with an unclear message."""
   if not config.stages:
     raise ValueError("config.stages is empty: give at least one curriculum stage.")
+  batch_ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   for i, stage in enumerate(config.stages):
+    batch_size = stage_batch_size(config, stage)
+    if batch_size % batch_ways or batch_size % jax.process_count():
+      raise ValueError(f"stage {i}: batch size {batch_size} must be divisible by the "
+                       f"mesh's data x fsdp = {batch_ways} and by the "
+                       f"{jax.process_count()} process(es).")
     if stage.steps <= 0:
       raise ValueError(f"stage {i}: steps must be > 0, got {stage.steps}.")
     if stage.num_frames > config.data.num_frames:
@@ -75,10 +85,16 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: str, split: str = "
     raise ValueError(f"data.dataset {config.data.dataset!r} is not known; the built-in "
                      "dataset is 'bouncing_balls'.")
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  return bouncing_balls.load(
+  load = lambda: bouncing_balls.load(
       data_dir, split, num_train_clips=config.data.num_train_clips,
       num_test_clips=config.data.num_test_clips, num_frames=config.data.num_frames,
       resolution=config.data.resolution, num_balls=config.data.num_balls)
+  if jax.process_count() == 1:
+    return load()
+  # Process 0 builds the dataset if it is missing; the others wait, then read it.
+  source = load() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("videomar dataset ready")
+  return source if source is not None else load()
 
 
 class _PreemptionFlag:
@@ -117,36 +133,47 @@ def _check_finite(step: int, metrics: dict, checkpointer: Checkpointer) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) a run in `workdir`; returns a summary dict."""
   # ---- Setup.
+  is_main = jax.process_index() == 0  # logs, metrics and reports come from process 0
   os.makedirs(workdir, exist_ok=True)
   model = VideoMAR(config)
   tokenizer = make_tokenizer(config.tokenizer)
-  validate(config, tokenizer)
+  mesh = make_mesh(config.mesh)
+  rules = rules_from_config(config.sharding.rules)
+  validate(config, tokenizer, mesh)
   bounds = stage_bounds(config)
   total_steps = bounds[-1][1]
   optimizer = optim_lib.make_optimizer(config.optim, config.batch_size, total_steps)
-  step_fn = jax.jit(make_train_step(model, tokenizer, optimizer, config.optim.ema_decay),
-                    donate_argnums=0)
+  shardings = partition.state_shardings(model, optimizer, mesh, rules, config.seed)
+  step_fn = partition.shard_train_step(
+      make_train_step(model, tokenizer, optimizer, config.optim.ema_decay), shardings, mesh,
+      rules)
   schedule = optim_lib.lr_schedule(config.optim, config.batch_size, total_steps)
   source = open_dataset(config, workdir)
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if is_main else None
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} devices in "
+          f"{jax.process_count()} process(es).", flush=True)
 
   run_start = time.perf_counter()
 
   # ---- Resume.
   latest = checkpointer.latest_step()
   meta = checkpointer.restore_meta(latest) if latest is not None else None
-  if meta is not None:
+  if meta is not None and is_main:
     print(f"Resuming from checkpoint step {latest} (stage {meta['stage']}).", flush=True)
-  abstract_state = jax.eval_shape(lambda: create_state(model, optimizer, config.seed))
+  # Restoring into these shardings places every shard directly on its device, whatever
+  # mesh the checkpoint was written from.
+  abstract_state = partition.abstract_state(model, optimizer, shardings, config.seed)
   state: TrainState | None = None
   step = latest or 0
   status = "done"
 
   # ---- Loop over curriculum stages.
-  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  metrics_file = (open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main
+                  else open(os.devnull, "w"))
   try:
     with _PreemptionFlag() as preemption:
       for stage_index, (stage, (start, end)) in enumerate(zip(config.stages, bounds)):
@@ -160,20 +187,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         data_iter = iter(loader)
         if state is None:
           if meta is None:
-            state = create_state(model, optimizer, config.seed)
+            state = partition.create_sharded_state(model, optimizer, shardings, config.seed)
             if config.train.init_from:
-              state = _init_from_torch(state, optimizer, config)
+              state = _init_from_torch(state, optimizer, config, shardings)
           else:
             same_stage = meta["stage"] == stage_index and step > start
-            state = checkpointer.restore(latest, abstract_state,
-                                         data_iter if same_stage else None)
-        print(f"Stage {stage_index}: {stage.num_frames} frames at {stage.resolution}px, "
-              f"batch {batch_size}, steps {start}..{end}.", flush=True)
+            # Data-iterator states are per process: with another process count, rebuild
+            # the position from the step (the global batches do not depend on it).
+            same_processes = meta.get("process_count", 1) == jax.process_count()
+            state = checkpointer.restore(
+                latest, abstract_state, data_iter if same_stage and same_processes else None)
+            if same_stage and not same_processes:
+              data_iter.set_state(pipeline.iterator_state_after(loader, step - start))
+        if is_main:
+          print(f"Stage {stage_index}: {stage.num_frames} frames at {stage.resolution}px, "
+                f"batch {batch_size}, steps {start}..{end}.", flush=True)
 
         window_start, window_steps, pending = time.perf_counter(), 0, None
         while step < end:
-          batch = next(data_iter)
-          state, metrics = step_fn(state, {"video": batch["video"]})
+          batch = partition.global_batch({"video": next(data_iter)["video"]}, mesh)
+          state, metrics = step_fn(state, batch)
           step += 1
           # Read the previous step's metrics while this one runs (no per-step stall).
           if pending is not None:
@@ -185,7 +218,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           if must_save or step % config.train.log_every == 0:
             values = _log_step(*pending, metrics_file, checkpointer)
             pending = None
-            if step % config.train.log_every == 0 or step == end:
+            if is_main and (step % config.train.log_every == 0 or step == end):
               elapsed = time.perf_counter() - window_start
               rate = window_steps / max(elapsed, 1e-9)
               eta = (total_steps - step) / max(rate, 1e-9)
@@ -207,8 +240,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             return {"status": status, "step": step}
   finally:
     metrics_file.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     checkpointer.close()
+  if not is_main:
+    return {"status": status, "step": step}
   report = write_loss_report(workdir, [end for _, end in bounds],
                              this_run_seconds=time.perf_counter() - run_start)
   print(f"Loss {report['loss_first_window_mean']:.4f} (first {report['window']} steps) -> "
@@ -217,18 +253,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return {"status": status, "step": step}
 
 
-def _init_from_torch(state: TrainState, optimizer, config) -> TrainState:
-  """A fresh state whose params and EMA are the weights of `config.train.init_from`."""
+def _init_from_torch(state: TrainState, optimizer, config, shardings) -> TrainState:
+  """A fresh state whose params and EMA are the weights of `config.train.init_from`.
+  Every process reads the file and places its own shards."""
   from videomar_jax import interop  # pylint: disable=import-outside-toplevel
-  params = jax.tree_util.tree_map(jnp.asarray,
-                                  interop.load_params(config.train.init_from, config))
-  print(f"Initialised the weights from {config.train.init_from}.", flush=True)
-  return state.replace(params=params, opt_state=optimizer.init(params),
-                       ema_params=jax.tree_util.tree_map(jnp.copy, params))
+  loaded = interop.load_params(config.train.init_from, config)
+  params = jax.tree_util.tree_map(
+      lambda a, sh: jax.make_array_from_callback(a.shape, sh, lambda index: a[index]),
+      loaded, shardings.params)
+  if jax.process_index() == 0:
+    print(f"Initialised the weights from {config.train.init_from}.", flush=True)
+  opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+  ema = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p),
+                out_shardings=shardings.ema_params)(params)
+  return state.replace(params=params, opt_state=opt_state, ema_params=ema)
 
 
 def _log_step(step: int, metrics: dict, metrics_file, checkpointer: Checkpointer) -> dict:
-  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  # Metrics are replicated: every process reads its own copy (no cross-host gather).
+  values = {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
   _check_finite(step, values, checkpointer)
   metrics_file.write(json.dumps({"step": step, **values}) + "\n")
   metrics_file.flush()

@@ -1,0 +1,89 @@
+"""Multi-process training over loopback: 2 processes x 4 fake CPU devices against 1 x 8.
+
+Each process is a real `videomar train` with `--distributed=manual`, talking to process 0
+over 127.0.0.1 (gloo collectives on CPU). The global batches do not depend on the number of
+processes (`data.pipeline.GlobalBatchRows`), so the losses must agree; the run's Orbax
+checkpoint, written by both processes, must resume in a single process.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from videomar_jax.train.report import read_metrics
+
+pytestmark = pytest.mark.slow
+TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _command(workdir, data_dir, steps, *extra):
+  return [sys.executable, "-m", "videomar_jax.cli.main", "train",
+          f"--config={REPO}/configs/videomar.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", "--config.data.num_train_clips=32",
+          "--config.data.num_test_clips=4", "--config.data.num_frames=4",
+          "--config.data.resolution=16", "--config.batch_size=8",
+          "--config.model.width=32", "--config.model.num_heads=2", "--config.head.width=32",
+          "--config.mesh.data=4", "--config.mesh.fsdp=2",
+          f"--config.stages[0].steps={steps}", "--config.stages[0].num_frames=3",
+          "--config.stages[0].resolution=16", "--config.stages[1].steps=2",
+          "--config.stages[1].num_frames=4", "--config.stages[1].resolution=16",
+          "--config.train.checkpoint_every=2", "--config.train.log_every=1", *extra]
+
+
+def _env(num_devices):
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+
+
+def _run_processes(commands, env):
+  procs = [subprocess.Popen(c, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for c in commands]
+  try:
+    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:  # never leave a process behind, whatever happened
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  return outputs
+
+
+def _losses(workdir):
+  return [m["loss"] for _, m in sorted(read_metrics(workdir).items())]
+
+
+def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(tmp_path):
+  data_dir = str(tmp_path / "data")
+  single = str(tmp_path / "single")
+  _run_processes([_command(single, data_dir, 4)], _env(8))
+
+  multi = str(tmp_path / "multi")
+  port = _free_port()
+  outputs = _run_processes(
+      [_command(multi, data_dir, 4, "--distributed=manual",
+                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                f"--process_id={i}") for i in range(2)], _env(4))
+  assert "in 2 process(es)" in outputs[0]
+  assert len(_losses(multi)) == 6
+  np.testing.assert_allclose(_losses(multi), _losses(single), rtol=2e-5)
+
+  # The 2-process checkpoints (last: step 6) resume in one process with 8 devices: two
+  # more steps of stage 1, with the same losses as an uninterrupted one-process run.
+  extended = ["--config.stages[1].steps=4"]
+  _run_processes([_command(multi, data_dir, 4, *extended)], _env(8))
+  _run_processes([_command(single, data_dir, 4, *extended)], _env(8))
+  assert len(_losses(multi)) == 8
+  np.testing.assert_allclose(_losses(multi), _losses(single), rtol=2e-5)

@@ -1,0 +1,2 @@
+"""Scale-out: the device mesh, logical-axis sharding rules, sharded train state and steps,
+and multi-process initialisation."""

@@ -1,0 +1,72 @@
+"""The device mesh: named axes (`data`, `fsdp`, `tensor`) sized from `config.mesh`.
+
+`data` replicates parameters and splits the batch; `fsdp` splits the batch too, and also
+the parameters and optimizer state (ZeRO-3 style, gathered per layer by XLA); `tensor`
+splits attention heads and MLP features (Megatron style). A size of -1 takes the devices
+the other axes leave.
+"""
+
+import math
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import mesh_utils
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the axes a global batch is split over
+
+
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
+  """Resolves `{"data": -1, "fsdp": 4, "tensor": 1}` against the device count."""
+  sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
+  unknown = set(mesh_config.keys()) - set(MESH_AXES) - {"num_devices"}
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}.")
+  fill = [axis for axis, size in sizes.items() if size == -1]
+  if len(fill) > 1:
+    raise ValueError(f"only one mesh axis may be -1, got {fill}.")
+  if any(size == 0 or size < -1 for size in sizes.values()):
+    raise ValueError(f"mesh sizes must be positive or -1, got {sizes}.")
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if fill:
+    if num_devices % fixed:
+      raise ValueError(f"mesh {sizes}: {num_devices} devices are not divisible by the fixed "
+                       f"axes' product {fixed}.")
+    sizes[fill[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(f"mesh {sizes} has {math.prod(sizes.values())} devices, but "
+                     f"{num_devices} are available.")
+  return sizes
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """`data:4,fsdp:16,tensor:1` -> {"data": 4, "fsdp": 16, "tensor": 1} (missing axes: 1)."""
+  sizes = {axis: 1 for axis in MESH_AXES}
+  for part in filter(None, text.split(",")):
+    name, _, value = part.partition(":")
+    if name not in MESH_AXES or not value.lstrip("-").isdigit():
+      raise ValueError(f"bad mesh entry {part!r} in {text!r}; use e.g. "
+                       "data:4,fsdp:16,tensor:1 (axes: data, fsdp, tensor).")
+    sizes[name] = int(value)
+  return sizes
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
+              devices=None) -> jax.sharding.Mesh:
+  """A `Mesh` over `devices` (default: all devices of all processes, or the first
+  `mesh_config.num_devices` of them when that is set and > 0; single process only)."""
+  devices = jax.devices() if devices is None else list(devices)
+  wanted = int(dict(mesh_config).get("num_devices", 0) or 0)
+  if wanted:
+    if wanted > len(devices) or (wanted < len(devices) and jax.process_count() > 1):
+      raise ValueError(f"mesh.num_devices={wanted}: {len(devices)} devices in "
+                       f"{jax.process_count()} process(es); a multi-process run uses all.")
+    devices = devices[:wanted]
+  sizes = mesh_shape(mesh_config, len(devices))
+  shape = tuple(sizes[axis] for axis in MESH_AXES)
+  try:  # topology-aware placement on TPU/GPU; plain order on CPU
+    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+  except (AssertionError, NotImplementedError, ValueError):
+    device_array = np.asarray(devices).reshape(shape)
+  return jax.sharding.Mesh(device_array, MESH_AXES)

@@ -1,0 +1,78 @@
+"""The train state and step laid out over a mesh.
+
+`state_shardings` places params, EMA and optimizer moments by the rules table (optimizer
+moments follow their parameter); step and RNG are replicated. `create_sharded_state` runs
+the initialisation under `jit` with those `out_shardings`, so every device only ever holds
+its own shards (nothing is built on one device first). `shard_train_step` jits the step
+with in/out shardings and the state donated, and activates the rules so the model's
+activation constraints apply.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from videomar_jax.parallel.mesh import BATCH_AXES
+from videomar_jax.parallel.rules import logical_axis_rules, param_shardings
+from videomar_jax.train.state import TrainState, create_state
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Batch-major arrays of any rank: dim 0 split over (data, fsdp), the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def state_shardings(model, optimizer: optax.GradientTransformation, mesh, rules,
+                    seed: int = 0) -> TrainState:
+  """A `TrainState` of `NamedSharding`s for this model, optimizer, mesh and rules."""
+  abstract = jax.eval_shape(lambda: create_state(model, optimizer, seed))
+  params = param_shardings(model.logical_axes(), abstract.params, mesh, rules)
+  opt_state = optax.tree_map_params(
+      optimizer, lambda _, sharding: sharding, abstract.opt_state, params,
+      transform_non_params=lambda _: replicated(mesh))
+  return TrainState(step=replicated(mesh), params=params, opt_state=opt_state,
+                    ema_params=params, rng=replicated(mesh))
+
+
+def abstract_state(model, optimizer, shardings: TrainState, seed: int = 0) -> TrainState:
+  """`ShapeDtypeStruct`s carrying the target shardings (what Orbax restores into)."""
+  shapes = jax.eval_shape(lambda: create_state(model, optimizer, seed))
+  return jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def create_sharded_state(model, optimizer, shardings: TrainState, seed: int) -> TrainState:
+  return jax.jit(lambda: create_state(model, optimizer, seed), out_shardings=shardings)()
+
+
+def shard_train_step(train_step, shardings: TrainState, mesh, rules):
+  """`train_step(state, batch)` jitted over the mesh, state donated. Calls run under the
+  mesh and the rules, so tracing sees the model's activation constraints."""
+  jitted = jax.jit(train_step, in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+
+  @functools.wraps(train_step)
+  def step(state, batch):
+    with logical_axis_rules(rules), jax.set_mesh(mesh):
+      return jitted(state, batch)
+  step.lower = lambda *args: _lower(jitted, mesh, rules, *args)
+  return step
+
+
+def _lower(jitted, mesh, rules, *args):
+  with logical_axis_rules(rules), jax.set_mesh(mesh):
+    return jitted.lower(*args)
+
+
+def global_batch(local_batch: dict, mesh) -> dict:
+  """This process's rows of a global batch (numpy) -> global arrays split over the batch
+  axes. With one process the local batch is the whole batch."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(v))
+          for k, v in local_batch.items()}
