@@ -7,6 +7,8 @@
   videomar sample (--workdir=DIR | --checkpoint=PATH) (--image=cond.png | --video=cond.mp4)
       --out=out.mp4 [--num_frames --num_steps --cfg --temperature --seed --save_latents]
   videomar bench sampler --config=configs/videomar.py:tiny --json=out.json
+  videomar bench train --config=configs/videomar.py:small --json=out.json [--mesh=data:1]
+  videomar plan --config=configs/videomar.py:paper --mesh=data:4,fsdp:16,tensor:1
   videomar verify --torch_checkpoint=PATH --config=... (see cli/torch_commands.py)
   videomar torch export --checkpoint=RUN_OR_STEP --out=model.safetensors
 
@@ -18,14 +20,15 @@ errors.
 import json
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from videomar_jax.cli import torch_commands
 
-COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler", "verify",
-            "torch export")
+COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler",
+            "bench train", "plan", "verify", "torch export")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path[:arg]`.",
                                           lock_config=True)
@@ -56,7 +59,8 @@ _SAVE_LATENTS = flags.DEFINE_bool("save_latents", False, "sample: also write <ou
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 8, "evaluate: held-out clips.")
 _JSON = flags.DEFINE_string("json", None, "bench: where to write the figures.")
 _GRID = flags.DEFINE_integer("bench_grid", 16, "bench sampler: tokens per frame side.")
-_REPEATS = flags.DEFINE_integer("bench_repeats", 3, "bench sampler: timed runs per mode.")
+_REPEATS = flags.DEFINE_integer("bench_repeats", 3, "bench sampler: timed runs per mode; "
+                                "bench train: timed steps.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "none", ["none", "auto", "manual"], "train: multi-process start-up: "
     "none (one process), auto (Cloud TPU VMs, SLURM), manual (the three flags below or "
@@ -64,6 +68,8 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
+_MESH = flags.DEFINE_string("mesh", None, "plan / bench train: mesh sizes, e.g. "
+                            "data:4,fsdp:16,tensor:1 (plan: that many fake CPU devices).")
 _NUM_FRAMES_INFO = flags.DEFINE_integer("info_num_frames", 0, "info: pixel frames of the "
                                         "clip to count FLOPs for (0 = the last stage's).")
 
@@ -204,6 +210,41 @@ def cmd_sample(_):
   print("Wrote " + ", ".join(paths), flush=True)
 
 
+def cmd_plan(_):
+  # pylint: disable=g-import-not-at-top
+  from videomar_jax import plan
+  from videomar_jax.parallel.mesh import parse_mesh
+  # pylint: enable=g-import-not-at-top
+  config = _require(_CONFIG, "plan")
+  sizes = parse_mesh(_require(_MESH, "plan"))
+  import math  # pylint: disable=g-import-not-at-top
+  plan.ensure_cpu_devices(math.prod(sizes.values()))
+  start = time.perf_counter()
+  result = plan.plan(config, sizes)
+  result["compile_seconds"] = time.perf_counter() - start
+  print(plan.format_plan(result))
+  print(f"(compiled on {result['num_devices']} fake CPU devices in "
+        f"{result['compile_seconds']:.0f} s)", flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+def cmd_bench_train(_):
+  from videomar_jax.bench_train import bench_train  # pylint: disable=g-import-not-at-top
+  config = _require(_CONFIG, "bench train")
+  if _MESH.value:
+    from videomar_jax.parallel.mesh import parse_mesh  # pylint: disable=g-import-not-at-top
+    with config.unlocked():
+      config.mesh.update(parse_mesh(_MESH.value))
+  result = bench_train(config, steps=_REPEATS.value)
+  text = json.dumps(result, indent=2)
+  print(text, flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      f.write(text)
+
+
 def cmd_bench_sampler(_):
   from videomar_jax import bench  # pylint: disable=g-import-not-at-top
   config = _require(_CONFIG, "bench sampler")
@@ -218,6 +259,7 @@ def cmd_bench_sampler(_):
 
 HANDLERS = {"train": cmd_train, "data build": cmd_data_build, "info": cmd_info,
             "evaluate": cmd_evaluate, "sample": cmd_sample, "bench sampler": cmd_bench_sampler,
+            "plan": cmd_plan, "bench train": cmd_bench_train,
             **torch_commands.HANDLERS}
 
 

@@ -41,11 +41,20 @@ def video_to_tokens(model, tokenizer, video: jax.Array):
 
 def make_train_step(model, tokenizer, optimizer: optax.GradientTransformation,
                     ema_decay: float):
-  """Returns `train_step(state, batch) -> (state, metrics)` (pure; jit it with donation)."""
+  """Returns `train_step(state, batch) -> (state, metrics)` (pure; jit it with donation).
+
+  `batch` holds `video` (uint8 pixels, tokenized inside the step) or `latents`
+  ([B, T, h, w, C], already tokenized; then `tokenizer` may be None).
+  """
 
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    tokens, (h, w) = video_to_tokens(model, tokenizer, batch["video"])
+    if "latents" in batch:
+      p = model.config.model.patch_size
+      tokens = sequence.patchify(batch["latents"].astype(jnp.float32), p)
+      h, w = batch["latents"].shape[2] // p, batch["latents"].shape[3] // p
+    else:
+      tokens, (h, w) = video_to_tokens(model, tokenizer, batch["video"])
 
     def loss_fn(params):
       return next_frame.next_frame_loss(model, params, tokens, rng, h=h, w=w,
