@@ -123,6 +123,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # A PyTorch checkpoint in the VideoMAR authors' layout (.safetensors/.pt) whose weights
   # initialise a fresh run (params and EMA); ignored when the run resumes. See interop/.
   config.train.init_from = ""
+  # Where Orbax writes checkpoints ("" = <workdir>/checkpoints). May be a gs:// URI (all
+  # processes of a pod must see it); logs and reports stay in the local workdir.
+  config.train.checkpoint_dir = ""
 
   if preset == "tiny":
     config.optim.lr = 1e-3  # tiny models on tiny data want a larger step than 1e-4*B/256

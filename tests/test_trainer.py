@@ -255,7 +255,11 @@ def test_a_fresh_run_can_start_from_pytorch_weights(tmp_path, data_dir):
   weights = jax.tree_util.tree_map(lambda p: p + 0.5, model.init(jax.random.key(7)))
   interop.export_params(weights, config, str(tmp_path / "authors.safetensors"))
   config.train.init_from = str(tmp_path / "authors.safetensors")
+  # Checkpoints outside the workdir (as gs://... on a pod): found through config.json.
+  config.train.checkpoint_dir = str(tmp_path / "elsewhere" / "ckpt")
   trainer.train(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+  assert os.path.isdir(tmp_path / "elsewhere" / "ckpt" / "2")
   for use_ema in (False, True):
     _, params, step = load_checkpoint(str(tmp_path / "run"), use_ema=use_ema)
     assert step == 2
@@ -263,5 +267,6 @@ def test_a_fresh_run_can_start_from_pytorch_weights(tmp_path, data_dir):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
   config.train.init_from = str(tmp_path / "missing.safetensors")
+  config.train.checkpoint_dir = ""
   with pytest.raises(FileNotFoundError, match="missing.safetensors"):
     trainer.train(config, str(tmp_path / "run2"))

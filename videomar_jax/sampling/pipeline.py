@@ -18,23 +18,37 @@ from videomar_jax.train.checkpoint import Checkpointer
 from videomar_jax.train.state import create_state, video_to_tokens
 
 
-def load_checkpoint(path: str, use_ema: bool = True):
-  """A run directory (its latest checkpoint) or `<run>/checkpoints/<step>` ->
-  (config, params, step). EMA weights by default."""
-  path = os.path.abspath(path)
+def _checkpoint_location(path: str) -> tuple[str, int | None]:
+  """(checkpoint directory, step or None = latest) for a run directory, a run whose
+  `config.train.checkpoint_dir` is elsewhere, a checkpoint directory URI (gs://...), or one
+  `<checkpoints>/<step>` folder."""
+  local = "://" not in path
+  path = os.path.abspath(path) if local else path.rstrip("/")
+  parent, base = os.path.dirname(path), os.path.basename(path)
+  if base.isdigit() and (not local or os.path.basename(parent) == "checkpoints"):
+    return parent, int(base)
+  if not local:
+    return path, None
   if os.path.isdir(os.path.join(path, "checkpoints")):
-    workdir, step = path, None
-  elif os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.basename(
-      path).isdigit():
-    workdir, step = os.path.dirname(os.path.dirname(path)), int(os.path.basename(path))
-  else:
-    raise FileNotFoundError(f"{path} is neither a run directory with checkpoints/ nor a "
-                            "checkpoints/<step> folder.")
-  checkpointer = Checkpointer(workdir, keep=1_000_000)
+    return os.path.join(path, "checkpoints"), None
+  if os.path.isfile(os.path.join(path, "config.json")):
+    with open(os.path.join(path, "config.json")) as f:
+      remote = json.load(f).get("train", {}).get("checkpoint_dir", "")
+    if remote:
+      return remote.rstrip("/"), None
+  raise FileNotFoundError(f"{path} is neither a run directory with checkpoints/ nor a "
+                          "checkpoints/<step> folder.")
+
+
+def load_checkpoint(path: str, use_ema: bool = True):
+  """A run directory (its latest checkpoint), `<run>/checkpoints/<step>`, or a checkpoint
+  directory URI -> (config, params, step). EMA weights by default."""
+  directory, step = _checkpoint_location(path)
+  checkpointer = Checkpointer("", keep=1_000_000, directory=directory)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint.")
+      raise FileNotFoundError(f"{directory} holds no checkpoint.")
     meta = checkpointer.restore_meta(step)
     config = ml_collections.ConfigDict(json.loads(meta["config"]))
     model = VideoMAR(config)

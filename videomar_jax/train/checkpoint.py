@@ -18,8 +18,12 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """A thin wrapper around `ocp.CheckpointManager` for the trainer's three items."""
 
-  def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  def __init__(self, workdir: str, keep: int, directory: str = ""):
+    """Checkpoints go to `directory`, default `<workdir>/checkpoints`. A URI such as
+    gs://bucket/run/checkpoints is passed to Orbax as it is."""
+    if not directory:
+      directory = os.path.join(workdir, "checkpoints")
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "data", "meta"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))

@@ -54,7 +54,8 @@ def write_loss_report(workdir: str, stage_ends: list[int], this_run_seconds: flo
     ax.axvline(end, color="C3", ls="--", lw=1)
   ax.set_xlabel("step")
   ax.set_ylabel("next-frame diffusion loss")
-  ax.set_yscale("log")
+  if len(losses) and (losses > 0).all():  # a run resumed past its end logs no step
+    ax.set_yscale("log")
   ax.set_title("training loss (dashed: curriculum stage changes)")
   ax.legend()
   fig.tight_layout()

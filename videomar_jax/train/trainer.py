@@ -149,7 +149,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       rules)
   schedule = optim_lib.lr_schedule(config.optim, config.batch_size, total_steps)
   source = open_dataset(config, workdir)
-  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
+  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints,
+                              config.train.checkpoint_dir)
   writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if is_main else None
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -247,9 +248,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"status": status, "step": step}
   report = write_loss_report(workdir, [end for _, end in bounds],
                              this_run_seconds=time.perf_counter() - run_start)
-  print(f"Loss {report['loss_first_window_mean']:.4f} (first {report['window']} steps) -> "
-        f"{report['loss_last_window_mean']:.4f} (last {report['window']}); curve in "
-        f"{workdir}/loss_curve.png", flush=True)
+  if report["loss_first_window_mean"] is not None:
+    print(f"Loss {report['loss_first_window_mean']:.4f} (first {report['window']} steps) "
+          f"-> {report['loss_last_window_mean']:.4f} (last {report['window']}); curve in "
+          f"{workdir}/loss_curve.png", flush=True)
   return {"status": status, "step": step}
 
 

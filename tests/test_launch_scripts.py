@@ -1,0 +1,178 @@
+"""launch/tpu_pod.sh and launch/gpu.sh under --dry_run: the commands they would run, the
+flags they require, and the arguments they pass through to `videomar train`.
+
+No network and no gcloud: a fake `gcloud` and `nvidia-smi` first on PATH record any call,
+and a dry run must make none.
+"""
+
+import os
+import shlex
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TPU_POD = os.path.join(REPO, "launch", "tpu_pod.sh")
+GPU = os.path.join(REPO, "launch", "gpu.sh")
+TPU_FLAGS = ("--tpu=my-slice", "--zone=us-west4-a", "--repo=https://example.com/videomar.git",
+             "--branch=main", "--workdir=gs://bucket/run")
+PASSTHROUGH = ("--config=configs/videomar.py:paper", "--config.mesh.fsdp=16")
+
+
+@pytest.fixture
+def fake_path(tmp_path):
+  """A PATH whose `gcloud` and `nvidia-smi` only append their name to `calls.txt`."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for tool in ("gcloud", "nvidia-smi"):
+    script = bin_dir / tool
+    script.write_text(f'#!/bin/sh\necho {tool} "$@" >> "{tmp_path}/calls.txt"\nexit 97\n')
+    script.chmod(0o755)
+  yield f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+  assert not (tmp_path / "calls.txt").exists(), (tmp_path / "calls.txt").read_text()
+
+
+def _run(fake_path, script, *args):
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
+  env["PATH"] = fake_path
+  return subprocess.run(["bash", script, *args], capture_output=True, text=True, env=env,
+                        timeout=60, check=False)
+
+
+def _commands(result) -> list[str]:
+  assert result.returncode == 0, result.stderr
+  return [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
+
+
+def _remote_words(command: str) -> list[str]:
+  """The words of the `--command=...` a `gcloud ... ssh` line runs on the workers."""
+  (remote,) = [w[len("--command="):] for w in shlex.split(command)
+               if w.startswith("--command=")]
+  return shlex.split(remote)
+
+
+def _one(commands, *needles) -> str:
+  found = [c for c in commands if all(n in c for n in needles)]
+  assert len(found) == 1, (needles, commands)
+  return found[0]
+
+
+def test_tpu_pod_creates_installs_and_trains_on_all_workers(fake_path):
+  commands = _commands(_run(fake_path, TPU_POD, *TPU_FLAGS, "--dry_run", "--", *PASSTHROUGH))
+  create = _one(commands, "gcloud compute tpus tpu-vm create my-slice")
+  assert "--zone=us-west4-a" in create and "--accelerator-type=v5litepod-64" in create
+  assert "--spot" not in create
+  install = _one(commands, "tpu-vm ssh my-slice", "pip install")
+  train = _one(commands, "tpu-vm ssh my-slice", "videomar train")
+  assert commands.index(create) < commands.index(install) < commands.index(train)
+  for ssh in (install, train):
+    assert "--worker=all" in shlex.split(ssh) and "--zone=us-west4-a" in shlex.split(ssh)
+  words = _remote_words(install)
+  assert "git" in words and "clone" in words and "https://example.com/videomar.git" in words
+  assert "~/videomar_jax" in words and "-e" in words and "jax[tpu]" in words
+  assert "https://storage.googleapis.com/jax-releases/libtpu_releases.html" in words
+  words = _remote_words(train)
+  start = words.index("train")
+  assert words[start + 1:start + 6] == [
+      "--workdir=runs/pod", "--config.train.checkpoint_dir=gs://bucket/run/checkpoints",
+      "--distributed=auto", *PASSTHROUGH]
+  assert words[-3:] == ["tee", "-a", "~/videomar_train.log"]
+
+
+def test_tpu_pod_passes_awkward_arguments_through_as_single_words(fake_path):
+  awkward = ("--config.data.data_dir=gs://bucket/my data", "--config.stages[1].steps=500",
+             "it's")
+  commands = _commands(_run(fake_path, TPU_POD, *TPU_FLAGS, "--dry_run", "--", *awkward))
+  words = _remote_words(_one(commands, "videomar train"))
+  start = words.index("--distributed=auto") + 1
+  assert tuple(words[start:start + 3]) == awkward
+
+
+def test_tpu_pod_spot_project_and_runtime_version(fake_path):
+  commands = _commands(_run(fake_path, TPU_POD, *TPU_FLAGS, "--dry_run", "--spot",
+                            "--project=my-project", "--accelerator=v4-32"))
+  create = _one(commands, "tpu-vm create")
+  assert "--spot" in create and "--accelerator-type=v4-32" in create
+  assert "--version=tpu-ubuntu2204-base" in create
+  assert all("--project=my-project" in c for c in commands if c.startswith("gcloud"))
+  commands = _commands(_run(fake_path, TPU_POD, *TPU_FLAGS, "--dry_run"))
+  assert "--version=v2-alpha-tpuv5-lite" in _one(commands, "tpu-vm create")
+  commands = _commands(_run(fake_path, TPU_POD, *TPU_FLAGS, "--dry_run", "--version=custom"))
+  assert "--version=custom" in _one(commands, "tpu-vm create")
+
+
+@pytest.mark.parametrize("missing", ["--tpu", "--zone", "--workdir"])
+def test_tpu_pod_requires_tpu_zone_and_workdir(fake_path, missing):
+  flags = [f for f in TPU_FLAGS if not f.startswith(missing + "=")]
+  result = _run(fake_path, TPU_POD, *flags, "--dry_run")
+  assert result.returncode != 0
+  assert missing in result.stderr
+  assert not result.stdout
+
+
+def test_tpu_pod_rejects_unknown_flags(fake_path):
+  result = _run(fake_path, TPU_POD, *TPU_FLAGS, "--dry_run", "--config=configs/videomar.py")
+  assert result.returncode != 0 and "after a literal --" in result.stderr
+
+
+def test_tpu_pod_resume_only_skips_create_and_install(fake_path):
+  commands = _commands(_run(fake_path, TPU_POD, *TPU_FLAGS, "--dry_run", "--resume_only",
+                            "--", *PASSTHROUGH))
+  assert len(commands) == 1, commands
+  assert "--worker=all" in commands[0]
+  assert "--distributed=auto" in _remote_words(commands[0])
+
+
+def test_tpu_pod_delete(fake_path):
+  commands = _commands(_run(fake_path, TPU_POD, "--tpu=my-slice", "--zone=us-west4-a",
+                            "--delete", "--dry_run"))
+  assert commands == ["gcloud compute tpus tpu-vm delete my-slice --zone=us-west4-a --quiet"]
+
+
+def test_tpu_pod_branch_defaults_to_this_checkout(fake_path):
+  try:
+    branch = subprocess.run(["git", "-C", REPO, "rev-parse", "--abbrev-ref", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    pytest.skip("not a git checkout")
+  if branch == "HEAD":
+    pytest.skip("detached HEAD")
+  flags = [f for f in TPU_FLAGS if not f.startswith("--branch=")]
+  words = _remote_words(_one(_commands(_run(fake_path, TPU_POD, *flags, "--dry_run")),
+                             "pip install"))
+  assert words[words.index("--branch") + 1] == branch
+
+
+def test_help(fake_path):
+  for script, flag in ((TPU_POD, "--resume_only"), (GPU, "--skip_install")):
+    result = _run(fake_path, script, "--help")
+    assert result.returncode == 0 and flag in result.stdout
+
+
+def test_gpu_installs_and_trains_without_distributed_init(fake_path):
+  commands = _commands(_run(fake_path, GPU, "--workdir=runs/gpu", "--dry_run", "--",
+                            *PASSTHROUGH))
+  install = shlex.split(_one(commands, "pip install"))
+  assert install[-3:] == ["-e", ".", "jax[cuda12]"]
+  assert "nvidia-smi -L" in commands
+  train = shlex.split(_one(commands, "videomar train"))
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9" in train
+  assert any(w.startswith("XLA_FLAGS=") and "--xla_gpu_enable_latency_hiding_scheduler=true"
+             in w for w in train)
+  start = train.index("train")
+  assert train[start + 1:] == ["--workdir=runs/gpu", "--distributed=none", *PASSTHROUGH]
+  assert commands.index(shlex.join(install)) < commands.index(shlex.join(train))
+
+
+def test_gpu_skip_install(fake_path):
+  commands = _commands(_run(fake_path, GPU, "--workdir=runs/gpu", "--dry_run",
+                            "--skip_install"))
+  assert not [c for c in commands if "pip install" in c or "-m venv" in c]
+  assert "--distributed=none" in _one(commands, "videomar train")
+
+
+def test_gpu_requires_workdir(fake_path):
+  result = _run(fake_path, GPU, "--dry_run", "--", *PASSTHROUGH)
+  assert result.returncode != 0 and "--workdir" in result.stderr
+  assert not result.stdout
