@@ -53,6 +53,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # computation dtype; parameters stay float32.
   config.model.scan_layers = True
   config.model.remat_policy = "none"  # none | full | dots
+  # Self-attention queries per block (0 = all at once). Blocks bound the score matrix to
+  # [B, H, chunk, S] instead of [B, H, S, S]: the paper's 25600-token clips need it.
+  config.model.attention_chunk = 0
   # Optional cross-attention context: none | class | text.
   config.model.context = ml_collections.ConfigDict()
   config.model.context.kind = "none"
@@ -147,6 +150,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.patch_size = 1
     config.model.dtype = "bfloat16"
     config.model.remat_policy = "full"
+    config.model.attention_chunk = 1024
     config.model.context.kind = "text"
     config.model.context.dim = 1536
     config.model.context.length = 300

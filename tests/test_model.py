@@ -77,6 +77,19 @@ def test_remat_keeps_outputs_and_gradients(policy):
                          g1, g2)
 
 
+@pytest.mark.parametrize("chunk", [4, 7])  # 18 queries: even blocks, and a padded last one
+def test_query_chunked_attention_keeps_outputs_and_gradients(chunk):
+  model, params = _model_and_params(attention_chunk=0)
+  chunked = VideoMAR(small_config(attention_chunk=chunk))
+  inputs = _inputs(model, jax.random.key(6))
+  np.testing.assert_allclose(chunked.encode(params, *inputs), model.encode(params, *inputs),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p: jnp.sum(m.encode(p, *inputs) ** 2)
+  g1, g2 = jax.grad(loss(model))(params), jax.grad(loss(chunked))(params)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         g1, g2)
+
+
 def _context_model(kind):
   config = small_config()
   config.model.context.kind = kind

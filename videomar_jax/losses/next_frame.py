@@ -129,12 +129,17 @@ def per_token_losses(model, params, tokens, draws: LossDraws, *, mode, num_cond,
                                       num_cond=num_cond, h=h, w=w, context=context,
                                       context_mask=context_mask)
   mul = draws.timesteps.shape[0]
-  z = jnp.broadcast_to(z[None], (mul,) + z.shape)
-  targets = jnp.broadcast_to(targets[None], (mul,) + targets.shape)
+  # Flatten batch-major ([B, mul, F', N] -> rows): with the batch split over devices, the
+  # merged row axis keeps that split. Flattening mul-major would make every device run
+  # the head on the whole global batch (found with `videomar plan`: 4x the temporaries).
+  z = jnp.broadcast_to(z[:, None], (z.shape[0], mul) + z.shape[1:])
+  targets = jnp.broadcast_to(targets[:, None], z.shape[:-1] + targets.shape[-1:])
+  timesteps = jnp.swapaxes(draws.timesteps, 0, 1)
+  noise = jnp.swapaxes(draws.noise, 0, 1)
   flat = lambda a: a.reshape(-1, a.shape[-1])
-  losses = model.diffusion_losses(params, flat(z), flat(targets),
-                                  draws.timesteps.reshape(-1), flat(draws.noise))
-  return losses.reshape(draws.timesteps.shape)
+  losses = model.diffusion_losses(params, flat(z), flat(targets), timesteps.reshape(-1),
+                                  flat(noise))
+  return jnp.swapaxes(losses.reshape(timesteps.shape), 0, 1)  # back to [mul, B, F', N]
 
 
 def next_frame_loss(model, params, tokens: jax.Array, rng: jax.Array, *, h: int, w: int,

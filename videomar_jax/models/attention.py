@@ -17,19 +17,47 @@ from videomar_jax.models.layers import RMSNorm, dense
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array | None) -> jax.Array:
+                          mask: jax.Array | None, chunk: int = 0) -> jax.Array:
   """Softmax attention with logits and softmax in float32.
 
   q [B, Sq, H, hd], k/v [B, Sk, H, hd], mask boolean broadcastable to [B, H, Sq, Sk].
   Disallowed keys get the most negative float, so they weigh exactly zero whenever a query
   has at least one allowed key.
+
+  With `chunk` > 0 and Sq > chunk, queries are processed `chunk` at a time under
+  `jax.checkpoint`: the [B, H, Sq, Sk] score matrix never exists, only one block of it, in
+  the forward and (recomputed) in the backward pass. Same values; trades a second
+  score computation in the backward pass for memory (25600-token clips need it).
   """
+  if chunk and q.shape[1] > chunk:
+    return _chunked_attention(q, k, v, mask, chunk)
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def _chunked_attention(q, k, v, mask, chunk: int) -> jax.Array:
+  b, sq, h, hd = q.shape
+  num_blocks = -(-sq // chunk)
+  pad = num_blocks * chunk - sq
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  q_blocks = q.reshape(b, num_blocks, chunk, h, hd).swapaxes(0, 1)
+  if mask is None:
+    mask = jnp.ones((1, 1, sq, k.shape[1]), bool)
+  mask = jnp.broadcast_to(mask, mask.shape[:2] + (sq, k.shape[1]))
+  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True)
+  mask_blocks = mask.reshape(mask.shape[:2] + (num_blocks, chunk, -1)).transpose(2, 0, 1, 3, 4)
+
+  @jax.checkpoint
+  def block(args):
+    q_block, mask_block = args
+    return dot_product_attention(q_block, k, v, mask_block)
+
+  out = jax.lax.map(block, (q_blocks, mask_blocks))  # [num_blocks, B, chunk, H, hd]
+  return out.swapaxes(0, 1).reshape(b, num_blocks * chunk, h, hd)[:, :sq]
 
 
 class SelfAttention(nn.Module):
@@ -43,6 +71,7 @@ class SelfAttention(nn.Module):
   rope_split: Sequence[int]
   rope_base: float = 10000.0
   dtype: jnp.dtype = jnp.float32
+  chunk: int = 0  # query block size of `dot_product_attention` (0: all at once)
 
   def setup(self):
     head_dim = sum(self.rope_split)
@@ -62,7 +91,7 @@ class SelfAttention(nn.Module):
     return q, k, v
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    return self.wo(dot_product_attention(q, k, v, mask))
+    return self.wo(dot_product_attention(q, k, v, mask, self.chunk))
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
     q, k, v = self.project(x, positions)

@@ -44,6 +44,7 @@ class TransformerConfig:
   dtype: Any = jnp.float32
   scan_layers: bool = True
   remat_policy: str = "none"
+  attention_chunk: int = 0
   context_kind: str = "none"
   num_classes: int = 0
   context_dim: int = 0
@@ -93,7 +94,7 @@ class Block(nn.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table
     h = LayerNorm(eps=1e-5, name="norm1")(x) * (1 + scale_msa) + shift_msa
     attn = SelfAttention(cfg.width, cfg.num_heads, cfg.rope_split, cfg.rope_base, cfg.dtype,
-                         name="attn1")
+                         cfg.attention_chunk, name="attn1")
     q, k, v = attn.project(h.astype(cfg.dtype), positions)
     new_kv = {"k": k, "v": v} if self.return_kv else None
     if kv_cache is not None:
