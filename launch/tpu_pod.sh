@@ -40,12 +40,11 @@
 #   -- ARGS               everything after `--` goes to `videomar train`
 #
 # Examples:
-#   launch/tpu_pod.sh --tpu=vm-paper --zone=us-west4-a --spot --workdir=gs://my-bucket/paper \
-#     -- --config=configs/videomar.py:paper --config.mesh.fsdp=16 \
-#        --config.data.data_dir=gs://my-bucket/tfds
-#   launch/tpu_pod.sh --tpu=vm-paper --zone=us-west4-a --workdir=gs://my-bucket/paper \
-#     --resume_only -- --config=configs/videomar.py:paper --config.mesh.fsdp=16
-#   launch/tpu_pod.sh --tpu=vm-paper --zone=us-west4-a --delete
+#   launch/tpu_pod.sh --tpu=vm-base --zone=us-west4-a --spot --workdir=gs://my-bucket/base \
+#     -- --config=configs/videomar.py:base --config.mesh.fsdp=4 --config.batch_size=256
+#   launch/tpu_pod.sh --tpu=vm-base --zone=us-west4-a --workdir=gs://my-bucket/base \
+#     --resume_only -- --config=configs/videomar.py:base --config.mesh.fsdp=4
+#   launch/tpu_pod.sh --tpu=vm-base --zone=us-west4-a --delete
 #
 # Assumes the workers' login shell is bash (it is on Cloud TPU VM images) and that they can
 # clone --repo (a public URL, or credentials set up on the workers).
@@ -146,8 +145,8 @@ parse_args() {
   if (( ! DELETE )); then
     [[ -n "$WORKDIR" ]] || die "--workdir=gs://BUCKET/RUN is required (videomar train" \
       "writes checkpoints there)"
-    [[ "$WORKDIR" == gs://* ]] || warn "--workdir=$WORKDIR is not a gs:// path: every" \
-      "worker writes its own local copy, and a recreated TPU VM starts from scratch"
+    [[ "$WORKDIR" == gs://* ]] || die "--workdir=$WORKDIR is not a gs:// path: the" \
+      "workers must share the checkpoints (each would otherwise see its own)"
   fi
   if [[ -z "$VERSION" ]]; then
     VERSION="$(default_runtime_version "$ACCELERATOR")"

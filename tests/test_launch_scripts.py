@@ -111,6 +111,12 @@ def test_tpu_pod_requires_tpu_zone_and_workdir(fake_path, missing):
   assert not result.stdout
 
 
+def test_tpu_pod_requires_a_shared_gs_workdir(fake_path):
+  flags = [f for f in TPU_FLAGS if not f.startswith("--workdir=")] + ["--workdir=runs/local"]
+  result = _run(fake_path, TPU_POD, *flags, "--dry_run")
+  assert result.returncode != 0 and "not a gs:// path" in result.stderr
+
+
 def test_tpu_pod_rejects_unknown_flags(fake_path):
   result = _run(fake_path, TPU_POD, *TPU_FLAGS, "--dry_run", "--config=configs/videomar.py")
   assert result.returncode != 0 and "after a literal --" in result.stderr

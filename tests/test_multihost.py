@@ -87,3 +87,35 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(tmp_path):
   _run_processes([_command(single, data_dir, 4, *extended)], _env(8))
   assert len(_losses(multi)) == 8
   np.testing.assert_allclose(_losses(multi), _losses(single), rtol=2e-5)
+
+
+def test_sigterm_to_one_process_stops_all_of_them_at_one_saved_step(tmp_path):
+  """Preemption notices reach hosts at different times; saving is collective, so the
+  processes agree on the step to stop at, save it together and all exit 0."""
+  import glob  # pylint: disable=import-outside-toplevel
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  workdir, port = str(tmp_path / "run"), _free_port()
+  commands = [_command(workdir, str(tmp_path / "data"), 200, "--distributed=manual",
+                       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                       f"--process_id={i}", "--config.train.checkpoint_every=1000")
+              for i in range(2)]
+  procs = [subprocess.Popen(c, env=_env(4), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for c in commands]
+  try:
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and not (os.path.exists(f"{workdir}/metrics.jsonl") and
+                                          len(read_metrics(workdir)) >= 3):
+      assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert "SIGTERM received: saved checkpoint" in outputs[0]
+  saved = [int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/[0-9]*")]
+  assert len(saved) == 1 and saved[0] < 200 and saved[0] == max(read_metrics(workdir))

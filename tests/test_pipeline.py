@@ -179,3 +179,28 @@ def test_errors(source):
   crop = pipeline.RandomTemporalCrop(5)
   with pytest.raises(ValueError, match="3 frames but num_frames=5"):
     crop.random_map({"frames": np.zeros((3, 4, 4, 3), np.uint8)}, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("rows", [None, ([0, 2, 4, 6], [1, 3, 5, 7])])
+def test_global_batches_do_not_depend_on_the_process_count(source, rows):
+  """2 shards (contiguous or interleaved rows, as a TPU mesh may assign) rebuild the
+  batches of one shard, crops included; so does resuming at step 3 from the step count."""
+  make = lambda index, count, batch_rows=None, **kw: pipeline.make_loader(
+      source, global_batch_size=8, num_frames=3, resolution=8, seed=5, shard_index=index,
+      shard_count=count, batch_rows=batch_rows, **kw)
+  one = iter(make(0, 1))
+  expected = [next(one)["video"] for _ in range(4)]
+  parts = [iter(make(p, 2, None if rows is None else rows[p])) for p in range(2)]
+  for batch in expected:
+    local = [next(it)["video"] for it in parts]
+    got = np.empty_like(batch)
+    for p, chunk in enumerate(local):
+      got[np.arange(4) + 4 * p if rows is None else rows[p]] = chunk
+    np.testing.assert_array_equal(got, batch)
+  loader = make(1, 2, None if rows is None else rows[1])
+  resumed = iter(loader)
+  resumed.set_state(pipeline.iterator_state_after(loader, 3))
+  np.testing.assert_array_equal(next(resumed)["video"],
+                                expected[3][[4, 5, 6, 7] if rows is None else rows[1]])
+  with pytest.raises(ValueError, match="are not 4 distinct rows"):
+    make(0, 2, [0, 0, 1, 2])

@@ -18,6 +18,7 @@ errors.
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -217,7 +218,6 @@ def cmd_plan(_):
   # pylint: enable=g-import-not-at-top
   config = _require(_CONFIG, "plan")
   sizes = parse_mesh(_require(_MESH, "plan"))
-  import math  # pylint: disable=g-import-not-at-top
   plan.ensure_cpu_devices(math.prod(sizes.values()))
   start = time.perf_counter()
   result = plan.plan(config, sizes)
@@ -235,8 +235,9 @@ def cmd_bench_train(_):
   config = _require(_CONFIG, "bench train")
   if _MESH.value:
     from videomar_jax.parallel.mesh import parse_mesh  # pylint: disable=g-import-not-at-top
-    with config.unlocked():
-      config.mesh.update(parse_mesh(_MESH.value))
+    sizes = parse_mesh(_MESH.value)
+    config.mesh.update(sizes)
+    config.mesh.num_devices = math.prod(sizes.values())  # e.g. data:1 on a 4-GPU host
   result = bench_train(config, steps=_REPEATS.value)
   text = json.dumps(result, indent=2)
   print(text, flush=True)

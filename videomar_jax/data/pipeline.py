@@ -163,28 +163,36 @@ def _get_frames(element: Any) -> np.ndarray:
 
 
 class GlobalBatchRows:
-  """A sampler that gives process p its rows [p*b, (p+1)*b) of every global batch.
+  """A sampler that gives each process its rows of every global batch.
 
   grain's DataLoader hands shard p the sampler indices p, p+P, p+2P, ...; the k-th of them
-  is mapped to global position (k // b) * B + p * b + k % b of `global_order` (B the global
-  batch, b = B / P), keeping that position's record and random seed. Stacking the
-  processes' local batches in process order (`jax.make_array_from_process_local_data`)
-  then rebuilds the global batch of a one-process run, crops included.
+  is mapped to global position (k // b) * B + rows[k % b] of `global_order` (B the global
+  batch, b = B / P, `rows` this process's ascending rows of a batch, by default
+  p*b .. p*b + b - 1), keeping that position's record and random seed. Placing each
+  process's local batch on its devices (`jax.make_array_from_process_local_data`) then
+  rebuilds the global batch of a one-process run, crops included. This holds for
+  `worker_count=0`; with grain workers each worker batches its own share of the indices.
   """
 
-  def __init__(self, global_order, global_batch_size: int, shard_count: int):
+  def __init__(self, global_order, global_batch_size: int, shard_count: int,
+               rows: list[int]):
     self._order = global_order
     self._global = global_batch_size
     self._count = shard_count
     self._local = global_batch_size // shard_count
+    if len(rows) != self._local or len(set(rows)) != len(rows) or not all(
+        0 <= r < global_batch_size for r in rows):
+      raise ValueError(f"batch rows {rows} are not {self._local} distinct rows of a batch of "
+                       f"{global_batch_size}.")
+    self._rows = list(rows)
 
   def __repr__(self) -> str:  # grain checks it when restoring an iterator state
     return (f"GlobalBatchRows(order={self._order!r}, global_batch_size={self._global}, "
             f"shard_count={self._count})")
 
   def __getitem__(self, index: int):
-    process, k = index % self._count, index // self._count
-    position = (k // self._local) * self._global + process * self._local + k % self._local
+    k = index // self._count
+    position = (k // self._local) * self._global + self._rows[k % self._local]
     meta = self._order[position]
     return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
 
@@ -219,6 +227,7 @@ def make_loader(
     shard_index: int | None = None,
     shard_count: int | None = None,
     worker_count: int = 0,
+    batch_rows: list[int] | None = None,
 ) -> grain.DataLoader:
   """Builds the grain loader for random-access ``source`` (see module docstring).
 
@@ -234,6 +243,8 @@ def make_loader(
     shard_index: this process's shard; defaults to ``jax.process_index()``.
     shard_count: number of shards; defaults to ``jax.process_count()``.
     worker_count: grain worker processes (0 = transform in this process).
+    batch_rows: this process's rows of every global batch (ascending); default the
+      contiguous block of shard ``shard_index`` (see ``parallel.partition``).
 
   Returns:
     A ``grain.DataLoader``; iterate it for batches (dicts of numpy arrays).
@@ -288,7 +299,10 @@ def make_loader(
       num_epochs=num_epochs,
       seed=seed,
   )
-  sampler = GlobalBatchRows(global_order, global_batch_size, shard_count)
+  local = global_batch_size // shard_count
+  if batch_rows is None:
+    batch_rows = range(shard_index * local, (shard_index + 1) * local)
+  sampler = GlobalBatchRows(global_order, global_batch_size, shard_count, list(batch_rows))
   operations = [
       RandomTemporalCrop(num_frames),
       Resize(resolution),

@@ -147,8 +147,11 @@ def load_mar_head(path: str, config: ml_collections.ConfigDict, which: str = "au
   try:
     layout.check_keys(head, expected, what=f" head ({HEAD_PREFIX}*)")
   except layout.LayoutError as e:
-    raise layout.LayoutError(f"{path}: {e}\n  the checkpoint's head has sizes "
-                             f"{mar_head_dims(head)}; set head.width, head.depth, "
+    try:
+      sizes = f"the checkpoint's head has sizes {mar_head_dims(head)}; "
+    except KeyError:  # the tensors the sizes are read from are themselves missing
+      sizes = ""
+    raise layout.LayoutError(f"{path}: {e}\n  {sizes}set head.width, head.depth, "
                              "model.width and the token dim to match.") from None
   prefixed = {HEAD_PREFIX + k: v for k, v in head.items()}
   tree = layout.torch_to_flax(prefixed, {"transformer": {}, **abstract}, 0)

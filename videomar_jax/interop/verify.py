@@ -130,6 +130,8 @@ def check_inputs(config: ml_collections.ConfigDict, inputs: dict, seed: int = 0)
     expect.update(context=(b, ctx.length, ctx.dim), context_mask=(b, ctx.length))
   elif ctx.kind == "class":
     expect.update(context=(b,))
+    if "context_mask" in inputs:
+      raise InputError("a class-label model takes no context_mask.")
   elif "context" in inputs:
     raise InputError("the inputs hold a context but model.context.kind is 'none'.")
   for name, shape in expect.items():
@@ -256,6 +258,8 @@ def verify(config: ml_collections.ConfigDict, state_dict: dict, inputs: dict,
   with outputs {"jax/<name>": ..., "torch/<name>": ...}."""
   from videomar_jax.interop import layout  # pylint: disable=import-outside-toplevel
   dtype = config.model.dtype
+  if dtype not in TOLERANCES:
+    raise InputError(f"model.dtype {dtype!r}: verify knows {sorted(TOLERANCES)}.")
   tolerance = TOLERANCES[dtype] if tolerance is None else tolerance
   seconds = {}
   start = time.perf_counter()

@@ -25,9 +25,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   has at least one allowed key.
 
   With `chunk` > 0 and Sq > chunk, queries are processed `chunk` at a time under
-  `jax.checkpoint`: the [B, H, Sq, Sk] score matrix never exists, only one block of it, in
-  the forward and (recomputed) in the backward pass. Same values; trades a second
-  score computation in the backward pass for memory (25600-token clips need it).
+  `jax.checkpoint`: the float32 [B, H, Sq, Sk] score matrix never exists, only one block of
+  it, in the forward and (recomputed) in the backward pass. Same values; trades a second
+  score computation in the backward pass for memory (25600-token clips need it). The
+  boolean mask stays whole ([S, S] bytes, shared by batch and heads: 655 MB at 25600).
   """
   if chunk and q.shape[1] > chunk:
     return _chunked_attention(q, k, v, mask, chunk)

@@ -71,8 +71,20 @@ def _lower(jitted, mesh, rules, *args):
     return jitted.lower(*args)
 
 
+def process_batch_rows(mesh, global_batch_size: int) -> list[int]:
+  """The rows of a global batch that live on this process's devices, ascending. On CPU they
+  are a contiguous block in process order; a TPU mesh laid out by physical topology may
+  interleave hosts. The loader reads exactly these rows (`pipeline.GlobalBatchRows`)."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+  rows = set()
+  for index in index_map.values():
+    rows.update(range(*index[0].indices(global_batch_size)))
+  return sorted(rows)
+
+
 def global_batch(local_batch: dict, mesh) -> dict:
-  """This process's rows of a global batch (numpy) -> global arrays split over the batch
-  axes. With one process the local batch is the whole batch."""
+  """This process's rows of a global batch (numpy, in the order of `process_batch_rows`) ->
+  global arrays split over the batch axes. With one process the local batch is the whole
+  batch."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(v))
           for k, v in local_batch.items()}

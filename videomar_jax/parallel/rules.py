@@ -56,7 +56,14 @@ def _mesh_axes(logical: str, value: str):
 
 def rules_from_config(rules_config) -> tuple[tuple[str, object], ...]:
   """`config.sharding.rules` -> flax's ((logical, mesh axes or None), ...)."""
-  return tuple((name, _mesh_axes(name, value)) for name, value in dict(rules_config).items())
+  rules = dict(rules_config)
+  if rules.get("activation_batch") != DEFAULT_RULES["activation_batch"]:
+    # The input pipeline splits every batch over data and fsdp (`partition.batch_sharding`);
+    # another activation rule would reshard the activations in every layer.
+    raise ValueError(f"sharding rule activation_batch={rules.get('activation_batch')!r}: the "
+                     f"batch is split over {DEFAULT_RULES['activation_batch']!r}; size the "
+                     "mesh axes instead.")
+  return tuple((name, _mesh_axes(name, value)) for name, value in rules.items())
 
 
 def _flat_axes(mesh_axes) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ def _checkpoint_location(path: str) -> tuple[str, int | None]:
   parent, base = os.path.dirname(path), os.path.basename(path)
   if base.isdigit() and (not local or os.path.basename(parent) == "checkpoints"):
     return parent, int(base)
-  if not local:
+  if not local:  # a checkpoint directory URI (a run's gs://.../checkpoints)
     return path, None
   if os.path.isdir(os.path.join(path, "checkpoints")):
     return os.path.join(path, "checkpoints"), None
@@ -44,7 +44,7 @@ def load_checkpoint(path: str, use_ema: bool = True):
   """A run directory (its latest checkpoint), `<run>/checkpoints/<step>`, or a checkpoint
   directory URI -> (config, params, step). EMA weights by default."""
   directory, step = _checkpoint_location(path)
-  checkpointer = Checkpointer("", keep=1_000_000, directory=directory)
+  checkpointer = Checkpointer("", keep=1_000_000, directory=directory, create=False)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:

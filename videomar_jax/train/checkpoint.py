@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """A thin wrapper around `ocp.CheckpointManager` for the trainer's three items."""
 
-  def __init__(self, workdir: str, keep: int, directory: str = ""):
+  def __init__(self, workdir: str, keep: int, directory: str = "", create: bool = True):
     """Checkpoints go to `directory`, default `<workdir>/checkpoints`. A URI such as
     gs://bucket/run/checkpoints is passed to Orbax as it is."""
     if not directory:
@@ -26,7 +26,7 @@ class Checkpointer:
     self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "data", "meta"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -57,7 +57,14 @@ def validate(config: ml_collections.ConfigDict, tokenizer, mesh=None) -> None:
   """Config checks that would otherwise fail deep inside jit with an unclear message."""
   if not config.stages:
     raise ValueError("config.stages is empty: give at least one curriculum stage.")
+  init_from = config.train.init_from
+  if init_from and "://" not in init_from and not os.path.isfile(init_from):
+    raise FileNotFoundError(f"config.train.init_from: no checkpoint file at {init_from}")
   batch_ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_ways % jax.process_count():
+    raise ValueError(f"the mesh splits the batch {batch_ways} ways (data x fsdp), which "
+                     f"{jax.process_count()} processes cannot share: each process must own "
+                     "whole batch shards.")
   for i, stage in enumerate(config.stages):
     batch_size = stage_batch_size(config, stage)
     if batch_size % batch_ways or batch_size % jax.process_count():
@@ -115,6 +122,16 @@ class _PreemptionFlag:
     del signum, frame
     self.raised = True
 
+  def agreed(self, check_now: bool) -> bool:
+    """Whether to stop: this process's flag with one process; with several, whether any
+    process has it, asked only when `check_now` (a small all-gather, so not every step)."""
+    if jax.process_count() == 1:
+      return self.raised
+    if not check_now:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.raised))
+    return bool(np.any(flags))
+
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
@@ -151,6 +168,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   source = open_dataset(config, workdir)
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints,
                               config.train.checkpoint_dir)
+  if config.train.checkpoint_dir:  # as resolved, so readers elsewhere find the same place
+    config.train.checkpoint_dir = checkpointer.directory
   writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if is_main else None
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -162,6 +181,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Resume.
   latest = checkpointer.latest_step()
+  if jax.process_count() > 1:
+    seen = multihost_utils.process_allgather(np.int64(-1 if latest is None else latest))
+    if len(set(np.asarray(seen).tolist())) != 1:
+      raise ValueError(f"processes see different latest checkpoints {list(seen)} in "
+                       f"{checkpointer.directory}: a multi-process run needs a checkpoint "
+                       "directory they all share (config.train.checkpoint_dir=gs://...).")
   meta = checkpointer.restore_meta(latest) if latest is not None else None
   if meta is not None and is_main:
     print(f"Resuming from checkpoint step {latest} (stage {meta['stage']}).", flush=True)
@@ -184,7 +209,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         loader = pipeline.make_loader(
             source, global_batch_size=batch_size, num_frames=stage.num_frames,
             resolution=stage.resolution, seed=config.seed + 1000 * stage_index,
-            worker_count=config.data.worker_count)
+            worker_count=config.data.worker_count,
+            batch_rows=partition.process_batch_rows(mesh, batch_size))
         data_iter = iter(loader)
         if state is None:
           if meta is None:
@@ -214,8 +240,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             _log_step(*pending, metrics_file, checkpointer)
           pending = (step, metrics)
           window_steps += 1
+          # Every process must take the same branch (saving is collective): a SIGTERM
+          # seen by one host counts once all hosts agree on it, at a log step.
+          preempted = preemption.agreed(step % config.train.log_every == 0)
           must_save = (step % config.train.checkpoint_every == 0 or step == end
-                       or preemption.raised)
+                       or preempted)
           if must_save or step % config.train.log_every == 0:
             values = _log_step(*pending, metrics_file, checkpointer)
             pending = None
@@ -235,8 +264,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
               window_start, window_steps = time.perf_counter(), 0
           if must_save:
             checkpointer.save(step, state, data_iter, stage_index, config)
-          if preemption.raised:
-            print(f"SIGTERM received: saved checkpoint {step} and stopping.", flush=True)
+          if preempted:
+            if is_main:
+              print(f"SIGTERM received: saved checkpoint {step} and stopping.", flush=True)
             status = "preempted"
             return {"status": status, "step": step}
   finally:
