@@ -102,7 +102,7 @@ def test_strict_import_lists_missing_unexpected_and_misshaped_keys(tmp_path):
 def test_training_checkpoint_wrappers_and_prefixes(tmp_path):
   config = _text_config()
   raw, ema = _params(config, 0), _params(config, 5)
-  to_torch = lambda p, prefix="": {prefix + k: torch.from_numpy(v) for k, v in
+  to_torch = lambda p, prefix="": {prefix + k: torch.from_numpy(np.array(v)) for k, v in
                                    layout.flax_to_torch(p, config.model.depth).items()}
   path = str(tmp_path / "checkpoint-last.pth")
   torch.save({"model": to_torch(raw, "module."), "model_ema": to_torch(ema),
