@@ -28,7 +28,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   `jax.checkpoint`: the float32 [B, H, Sq, Sk] score matrix never exists, only one block of
   it, in the forward and (recomputed) in the backward pass. Same values; trades a second
   score computation in the backward pass for memory (25600-token clips need it). The
-  boolean mask stays whole ([S, S] bytes, shared by batch and heads: 655 MB at 25600).
+  boolean mask is the caller's ([S, S] bytes, shared by batch and heads: 655 MB at 25600);
+  blocks are sliced out of it, not copied.
   """
   if chunk and q.shape[1] > chunk:
     return _chunked_attention(q, k, v, mask, chunk)
@@ -41,23 +42,28 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 
 def _chunked_attention(q, k, v, mask, chunk: int) -> jax.Array:
+  """Query blocks sliced out of q and the mask inside the loop, so neither is copied (only a
+  ragged last block pads them)."""
   b, sq, h, hd = q.shape
   num_blocks = -(-sq // chunk)
   pad = num_blocks * chunk - sq
-  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  q_blocks = q.reshape(b, num_blocks, chunk, h, hd).swapaxes(0, 1)
   if mask is None:
-    mask = jnp.ones((1, 1, sq, k.shape[1]), bool)
-  mask = jnp.broadcast_to(mask, mask.shape[:2] + (sq, k.shape[1]))
-  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True)
-  mask_blocks = mask.reshape(mask.shape[:2] + (num_blocks, chunk, -1)).transpose(2, 0, 1, 3, 4)
+    mask = jnp.ones((1, 1, 1, k.shape[1]), bool)
+  mask_has_rows = mask.shape[2] != 1
+  if pad:
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    if mask_has_rows:
+      mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True)
 
   @jax.checkpoint
-  def block(args):
-    q_block, mask_block = args
+  def block(index):
+    start = index * chunk
+    q_block = jax.lax.dynamic_slice_in_dim(q, start, chunk, axis=1)
+    mask_block = (jax.lax.dynamic_slice_in_dim(mask, start, chunk, axis=2) if mask_has_rows
+                  else mask)
     return dot_product_attention(q_block, k, v, mask_block)
 
-  out = jax.lax.map(block, (q_blocks, mask_blocks))  # [num_blocks, B, chunk, H, hd]
+  out = jax.lax.map(block, jnp.arange(num_blocks))  # [num_blocks, B, chunk, H, hd]
   return out.swapaxes(0, 1).reshape(b, num_blocks * chunk, h, hd)[:, :sq]
 
 
