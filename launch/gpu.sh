@@ -26,11 +26,14 @@
 #   launch/gpu.sh --workdir=runs/base -- --config=configs/videomar.py:base
 #   launch/gpu.sh --workdir=runs/small --skip_install -- --config=configs/videomar.py:small \
 #     --config.batch_size=64 --config.mesh.data=-1
-#   launch/gpu.sh --workdir=/data/runs/paper -- --config=configs/videomar.py:paper \
-#     --config.mesh.fsdp=8 --config.data.data_dir=/data/tfds
+#   launch/gpu.sh --workdir=/data/runs/base -- --config=configs/videomar.py:base \
+#     --config.mesh.fsdp=8 --config.batch_size=128
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPT="${BASH_SOURCE[0]}"
+REPO_ROOT="$(cd "$(dirname "$SCRIPT")/.." && pwd)"
+# shellcheck source=launch/_launch_lib.sh
+source "$REPO_ROOT/launch/_launch_lib.sh"
 PYTHON="${PYTHON:-python3}"
 GPU_XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true"
 
@@ -38,48 +41,6 @@ WORKDIR=""
 SKIP_INSTALL=0
 DRY_RUN=0
 TRAIN_ARGS=()
-
-usage() {
-  sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed '$d' | sed -e 's/^# \{0,1\}//'
-}
-
-die() {
-  echo "gpu.sh: error: $*" >&2
-  echo "Run launch/gpu.sh --help for usage." >&2
-  exit 2
-}
-
-# One word for a POSIX shell: bare when it is plain, otherwise (its value) in single quotes.
-shell_quote() {
-  local word="$1" sq="'" escaped="'\\''"
-  if [[ "$word" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$word"
-  elif [[ "$word" =~ ^(--?[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"
-    shell_quote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${word//$sq/$escaped}"
-  fi
-}
-
-# All arguments quoted and joined with spaces: a line a shell reads back as those words.
-quote_words() {
-  local word line=""
-  for word in "$@"; do
-    line+="${line:+ }$(shell_quote "$word")"
-  done
-  printf '%s' "$line"
-}
-
-# Prints the command prefixed with "+ "; runs it unless --dry_run.
-run() {
-  if (( DRY_RUN )); then
-    echo "+ $(quote_words "$@")"
-    return 0
-  fi
-  echo "+ $(quote_words "$@")" >&2
-  "$@"
-}
 
 parse_args() {
   while (( $# > 0 )); do

@@ -50,7 +50,10 @@
 # clone --repo (a public URL, or credentials set up on the workers).
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPT="${BASH_SOURCE[0]}"
+REPO_ROOT="$(cd "$(dirname "$SCRIPT")/.." && pwd)"
+# shellcheck source=launch/_launch_lib.sh
+source "$REPO_ROOT/launch/_launch_lib.sh"
 REMOTE_DIR="~/videomar_jax"  # expanded by the workers' shell, not here
 REMOTE_RUN="runs/pod"  # relative to the checkout on each worker
 REMOTE_LOG="~/videomar_train.log"
@@ -69,53 +72,6 @@ RESUME_ONLY=0
 DELETE=0
 DRY_RUN=0
 TRAIN_ARGS=()
-
-usage() {
-  sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed '$d' | sed -e 's/^# \{0,1\}//'
-}
-
-die() {
-  echo "tpu_pod.sh: error: $*" >&2
-  echo "Run launch/tpu_pod.sh --help for usage." >&2
-  exit 2
-}
-
-warn() {
-  echo "tpu_pod.sh: warning: $*" >&2
-}
-
-# One word for a POSIX shell: bare when it is plain, otherwise (its value) in single quotes.
-shell_quote() {
-  local word="$1" sq="'" escaped="'\\''"
-  if [[ "$word" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$word"
-  elif [[ "$word" =~ ^(--?[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    # --flag='value': the same word, easier to read.
-    printf '%s' "${BASH_REMATCH[1]}"
-    shell_quote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${word//$sq/$escaped}"
-  fi
-}
-
-# All arguments quoted and joined with spaces: a line a shell reads back as those words.
-quote_words() {
-  local word line=""
-  for word in "$@"; do
-    line+="${line:+ }$(shell_quote "$word")"
-  done
-  printf '%s' "$line"
-}
-
-# Prints the command prefixed with "+ "; runs it unless --dry_run.
-run() {
-  if (( DRY_RUN )); then
-    echo "+ $(quote_words "$@")"
-    return 0
-  fi
-  echo "+ $(quote_words "$@")" >&2
-  "$@"
-}
 
 parse_args() {
   while (( $# > 0 )); do
