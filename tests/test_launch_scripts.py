@@ -136,18 +136,29 @@ def test_tpu_pod_delete(fake_path):
   assert commands == ["gcloud compute tpus tpu-vm delete my-slice --zone=us-west4-a --quiet"]
 
 
-def test_tpu_pod_branch_defaults_to_this_checkout(fake_path):
-  try:
-    branch = subprocess.run(["git", "-C", REPO, "rev-parse", "--abbrev-ref", "HEAD"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    pytest.skip("not a git checkout")
-  if branch == "HEAD":
-    pytest.skip("detached HEAD")
-  flags = [f for f in TPU_FLAGS if not f.startswith("--branch=")]
-  words = _remote_words(_one(_commands(_run(fake_path, TPU_POD, *flags, "--dry_run")),
+def test_tpu_pod_branch_and_repo_default_to_the_checkout_it_runs_from(fake_path, tmp_path):
+  """In a checkout of our own (so the test does not depend on how CI checked this repo
+  out): the branch and origin are used; a detached HEAD is an error naming --branch."""
+  checkout = tmp_path / "checkout"
+  (checkout / "launch").mkdir(parents=True)
+  for name in ("tpu_pod.sh", "_launch_lib.sh"):
+    (checkout / "launch" / name).write_text(open(os.path.join(REPO, "launch", name)).read())
+  git = lambda *a: subprocess.run(["git", "-C", str(checkout), *a], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+  git("init", "-q", "-b", "feature-x")
+  git("remote", "add", "origin", "https://example.com/fork.git")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "launchers")
+  script = str(checkout / "launch" / "tpu_pod.sh")
+  flags = [f for f in TPU_FLAGS if not f.startswith(("--branch=", "--repo="))]
+  words = _remote_words(_one(_commands(_run(fake_path, script, *flags, "--dry_run")),
                              "pip install"))
-  assert words[words.index("--branch") + 1] == branch
+  assert words[words.index("--branch") + 1] == "feature-x"
+  assert "https://example.com/fork.git" in words
+
+  git("checkout", "-q", "--detach")
+  result = _run(fake_path, script, *flags, "--dry_run")
+  assert result.returncode != 0 and "pass --branch=BRANCH" in result.stderr
 
 
 def test_help(fake_path):

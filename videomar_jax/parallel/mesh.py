@@ -65,8 +65,8 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
     devices = devices[:wanted]
   sizes = mesh_shape(mesh_config, len(devices))
   shape = tuple(sizes[axis] for axis in MESH_AXES)
-  try:  # topology-aware placement on TPU/GPU; plain order on CPU
-    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
-  except (AssertionError, NotImplementedError, ValueError):
+  if devices[0].platform == "cpu":  # no physical topology to follow
     device_array = np.asarray(devices).reshape(shape)
+  else:  # topology-aware placement; a shape the slice cannot take is an error, not a fallback
+    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
   return jax.sharding.Mesh(device_array, MESH_AXES)
