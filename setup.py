@@ -28,7 +28,9 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
         # The CPU wheel: a plain `torch` requirement pulls several GB of CUDA packages.
-        "torch": ["torch==2.13.0", "safetensors>=0.4"],
+        # diffusers: its AutoencoderKLCosmos is the reference of the Cosmos tokenizer's
+        # parity tests and reads diffusers-layout tokenizer weights.
+        "torch": ["torch==2.13.0", "safetensors>=0.4", "diffusers>=0.34"],
     },
     entry_points={"console_scripts": ["videomar=videomar_jax.cli.main:run"]},
 )

@@ -1,0 +1,311 @@
+"""Layers of the Cosmos causal video tokenizer, channels-last ``[B, T, H, W, C]``.
+
+Each module mirrors one of diffusers' ``autoencoder_kl_cosmos.py`` classes, with the same
+submodule names (a torch ``ModuleList`` entry ``resnets.0`` is the submodule
+``resnets_0`` here), so that ``interop.cosmos_convert`` maps weights by name. Numerics
+follow diffusers exactly:
+
+* **Causal convolution** (``CosmosCausalConv3d``): the first frame is repeated
+  ``(kT - 1) + (1 - sT)`` times in front (never zeros, never future frames); height and
+  width are zero-padded by ``padding`` on both sides.
+* **GroupNorm** (``CosmosCausalGroupNorm`` with one group, the only case the network
+  uses): statistics over ``(H, W, C)`` of each frame separately -- per-frame layer norm
+  with per-channel affine, eps 1e-6 -- so no statistic mixes frames.
+* **Attention**: single head over all channels, scale ``1/sqrt(C)``; spatial attention
+  attends within each frame, temporal attention along time at each pixel with a causal
+  (lower-triangular) mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "CausalConv3d",
+    "CausalGroupNorm",
+    "ConvProjection3d",
+    "ResnetBlock3d",
+    "Downsample3d",
+    "Upsample3d",
+    "SpatialAttention",
+    "TemporalAttention",
+    "DownBlock3d",
+    "MidBlock3d",
+    "UpBlock3d",
+]
+
+Dtype = Any
+
+
+def _torch_uniform(fan_in: int):
+  """torch's default Conv3d init for weights and biases: U(-1/sqrt(fan_in), +1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class CausalConv3d(nn.Module):
+  """``CosmosCausalConv3d``: kernel ``[kT, kH, kW, in, out]`` (float32) and bias ``[out]``.
+
+  Attributes:
+    features: output channels.
+    kernel_size: ``(kT, kH, kW)``; kH and kW odd.
+    strides: ``(sT, sH, sW)``.
+    padding: zeros added on both sides of H and W.
+    dtype: compute dtype.
+  """
+  features: int
+  kernel_size: tuple[int, int, int] = (1, 1, 1)
+  strides: tuple[int, int, int] = (1, 1, 1)
+  padding: int = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kt, kh, kw = self.kernel_size
+    fan_in = x.shape[-1] * kt * kh * kw
+    kernel = self.param("kernel", _torch_uniform(fan_in),
+                        (kt, kh, kw, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", _torch_uniform(fan_in), (self.features,), jnp.float32)
+    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    x = x.astype(self.dtype)
+
+    if self.kernel_size == (1, 1, 1) and self.strides == (1, 1, 1) and not self.padding:
+      return jnp.einsum("bthwi,io->bthwo", x, kernel[0, 0, 0]) + bias
+
+    time_pad = (kt - 1) + (1 - self.strides[0])
+    if time_pad < 0:
+      raise ValueError(f"temporal stride {self.strides[0]} > kernel size {kt} is not causal")
+    if time_pad:
+      x = jnp.concatenate([jnp.repeat(x[:, :1], time_pad, axis=1), x], axis=1)
+    p = self.padding
+    y = jax.lax.conv_general_dilated(
+        x, kernel, window_strides=self.strides, padding=((0, 0), (p, p), (p, p)),
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    return y + bias
+
+
+class CausalGroupNorm(nn.Module):
+  """``CosmosCausalGroupNorm(num_groups=1)``: normalises each frame over ``(H, W, C)``.
+
+  Statistics and the affine transform are computed in float32; params ``scale``/``bias``
+  are torch's ``norm.weight``/``norm.bias``.
+  """
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=(2, 3, 4), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(2, 3, 4), keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * scale + bias).astype(self.dtype)
+
+
+class ConvProjection3d(nn.Module):
+  """``CosmosConvProjection3d``: factorised conv, ``(1,3,3)`` spatial then ``(3,1,1)`` causal."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = CausalConv3d(self.features, (1, 3, 3), padding=1, dtype=self.dtype, name="conv_s")(x)
+    return CausalConv3d(self.features, (3, 1, 1), dtype=self.dtype, name="conv_t")(x)
+
+
+class ResnetBlock3d(nn.Module):
+  """``CosmosResnetBlock3d``: norm-SiLU-conv twice, plus a 1x1x1 shortcut when widening."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    if x.shape[-1] != self.features:
+      residual = CausalConv3d(self.features, dtype=self.dtype, name="conv_shortcut")(x)
+    h = CausalGroupNorm(dtype=self.dtype, name="norm1")(x)
+    h = ConvProjection3d(self.features, self.dtype, name="conv1")(nn.silu(h))
+    h = CausalGroupNorm(dtype=self.dtype, name="norm2")(h)
+    h = ConvProjection3d(self.features, self.dtype, name="conv2")(nn.silu(h))  # dropout 0
+    return h + residual.astype(h.dtype)
+
+
+def _avg_pool_pairs(x: jax.Array, axes: Sequence[int]) -> jax.Array:
+  """Mean over non-overlapping pairs along ``axes`` (each of even length)."""
+  shape, reduce = [], []
+  for axis, n in enumerate(x.shape):
+    if axis in axes:
+      shape += [n // 2, 2]
+      reduce.append(len(shape) - 1)
+    else:
+      shape.append(n)
+  return jnp.mean(x.reshape(shape), axis=tuple(reduce)).astype(x.dtype)
+
+
+class Downsample3d(nn.Module):
+  """``CosmosDownsample3d``: hybrid 2x down-sampling, strided conv + average pool.
+
+  Spatially: zero-pad bottom/right by one, ``(1,3,3)`` stride-2 conv plus 2x2 average
+  pool. Temporally: prepend a copy of the first frame (``T -> T + 1``, even), then a
+  causal ``(3,1,1)`` stride-2 conv (which repeats the first frame once more) plus a
+  2-frame average pool, giving ``(T + 1) / 2`` frames. Then a 1x1x1 conv.
+  """
+  spatial: bool
+  temporal: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if not (self.spatial or self.temporal):
+      return x
+    c = x.shape[-1]
+    if self.spatial:
+      padded = jnp.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)))
+      conv = CausalConv3d(c, (1, 3, 3), (1, 2, 2), dtype=self.dtype, name="conv1")(padded)
+      # avg_pool3d drops the padded row and column (floor mode), i.e. it pools ``x``.
+      x = conv + _avg_pool_pairs(x, (2, 3)).astype(conv.dtype)
+    if self.temporal:
+      x = jnp.concatenate([x[:, :1], x], axis=1)
+      conv = CausalConv3d(c, (3, 1, 1), (2, 1, 1), dtype=self.dtype, name="conv2")(x)
+      x = conv + _avg_pool_pairs(x, (1,)).astype(conv.dtype)
+    return CausalConv3d(c, dtype=self.dtype, name="conv3")(x)
+
+
+class Upsample3d(nn.Module):
+  """``CosmosUpsample3d``: hybrid 2x up-sampling, repetition + residual conv.
+
+  Temporally: every frame repeated twice and the first copy of frame 0 dropped
+  (``T -> 2T - 1``, which is also what diffusers does for ``T == 1``), then
+  ``x + conv(x)`` with a causal ``(3,1,1)`` conv. Spatially: nearest 2x, then
+  ``x + conv(x)`` with a ``(1,3,3)`` conv. Then a 1x1x1 conv.
+  """
+  spatial: bool
+  temporal: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if not (self.spatial or self.temporal):
+      return x
+    c = x.shape[-1]
+    if self.temporal:
+      x = jnp.repeat(x, 2, axis=1)[:, 1:]
+      x = CausalConv3d(c, (3, 1, 1), dtype=self.dtype, name="conv1")(x) + x.astype(self.dtype)
+    if self.spatial:
+      x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+      x = CausalConv3d(c, (1, 3, 3), padding=1, dtype=self.dtype, name="conv2")(x) + x.astype(
+          self.dtype)
+    return CausalConv3d(c, dtype=self.dtype, name="conv3")(x)
+
+
+class _AttentionBase(nn.Module):
+  """Norm and 1x1x1 q/k/v/out projections shared by the two attentions (names as torch)."""
+  dtype: Dtype = jnp.float32
+
+  def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    c = x.shape[-1]
+    h = CausalGroupNorm(dtype=self.dtype, name="norm")(x)
+    return tuple(CausalConv3d(c, dtype=self.dtype, name=name)(h)
+                 for name in ("to_q", "to_k", "to_v"))
+
+  def out(self, x: jax.Array, attended: jax.Array) -> jax.Array:
+    y = CausalConv3d(x.shape[-1], dtype=self.dtype, name="to_out_0")(attended)  # dropout 0
+    return y + x.astype(y.dtype)
+
+
+class SpatialAttention(_AttentionBase):
+  """Single-head self-attention among the ``H*W`` positions of each frame (plus residual)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, h, w, c = x.shape
+    q, k, v = (y.reshape(b * t, h * w, 1, c) for y in self.qkv(x))  # frames into the batch
+    o = jax.nn.dot_product_attention(q, k, v)
+    return self.out(x, o.reshape(b, t, h, w, c))
+
+
+class TemporalAttention(_AttentionBase):
+  """Single-head causal self-attention along time at each pixel (plus residual)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, h, w, c = x.shape
+
+    def to_sequences(y: jax.Array) -> jax.Array:  # [B, T, H, W, C] -> [B*H*W, T, 1, C]
+      return y.transpose(0, 2, 3, 1, 4).reshape(b * h * w, t, 1, c)
+
+    q, k, v = (to_sequences(y) for y in self.qkv(x))
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    return self.out(x, o.reshape(b, h, w, t, c).transpose(0, 3, 1, 2, 4))
+
+
+class DownBlock3d(nn.Module):
+  """``CosmosDownBlock3d``: ``num_layers`` x (resnet [+ spatial + temporal attention]),
+  then the (optional) hybrid down-sampler ``downsamplers_0``."""
+  features: int
+  num_layers: int
+  attention: bool
+  spatial: bool
+  temporal: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(self.num_layers):
+      x = ResnetBlock3d(self.features, self.dtype, name=f"resnets_{i}")(x)
+      if self.attention:
+        x = SpatialAttention(self.dtype, name=f"attentions_{i}")(x)
+        x = TemporalAttention(self.dtype, name=f"temp_attentions_{i}")(x)
+    if self.spatial or self.temporal:
+      x = Downsample3d(self.spatial, self.temporal, self.dtype, name="downsamplers_0")(x)
+    return x
+
+
+class MidBlock3d(nn.Module):
+  """``CosmosMidBlock3d(num_layers=1)``: resnet, spatial + temporal attention, resnet."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    x = ResnetBlock3d(c, self.dtype, name="resnets_0")(x)
+    x = SpatialAttention(self.dtype, name="attentions_0")(x)
+    x = TemporalAttention(self.dtype, name="temp_attentions_0")(x)
+    return ResnetBlock3d(c, self.dtype, name="resnets_1")(x)
+
+
+class UpBlock3d(nn.Module):
+  """``CosmosUpBlock3d``: like :class:`DownBlock3d` with an up-sampler ``upsamplers_0``.
+
+  (The decoder passes ``num_layers + 1`` resnets per block.)
+  """
+  features: int
+  num_layers: int
+  attention: bool
+  spatial: bool
+  temporal: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(self.num_layers):
+      x = ResnetBlock3d(self.features, self.dtype, name=f"resnets_{i}")(x)
+      if self.attention:
+        x = SpatialAttention(self.dtype, name=f"attentions_{i}")(x)
+        x = TemporalAttention(self.dtype, name=f"temp_attentions_{i}")(x)
+    if self.spatial or self.temporal:
+      x = Upsample3d(self.spatial, self.temporal, self.dtype, name="upsamplers_0")(x)
+    return x
