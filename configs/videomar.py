@@ -35,10 +35,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.seed = 0
 
   # ---- Tokenizer: pixels -> latents [B, T, h, w, C] (already multiplied by latent_scale).
+  # "patch" (parameter-free space-to-depth) or "cosmos" (a tokenizer directory written by
+  # `videomar tokenizer convert|train`; variant and latent_channels size the model).
   config.tokenizer = ml_collections.ConfigDict()
   config.tokenizer.name = "patch"
-  config.tokenizer.patch_size = 4
+  config.tokenizer.patch_size = 4  # patch only
   config.tokenizer.latent_scale = 1.0
+  config.tokenizer.variant = ""  # cosmos: CV4x8x8, CV8x8x8, CV8x16x16 or a -narrow one
+  config.tokenizer.latent_channels = 16  # cosmos
+  config.tokenizer.checkpoint = ""  # cosmos: tokenizer directory
+  config.tokenizer.dtype = ""  # cosmos: compute dtype ("" = as stored)
 
   # ---- Transformer (DESIGN.md section 3).
   config.model = ml_collections.ConfigDict()
@@ -82,8 +88,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   # ---- Data.
   config.data = ml_collections.ConfigDict()
+  # "bouncing_balls" (built in, pixels) or "latents": a cache written once by
+  # `videomar data encode` (read from latents_dir; the tokenizer never runs in the step).
   config.data.dataset = "bouncing_balls"
   config.data.data_dir = ""  # "" = <workdir>/data
+  config.data.latents_dir = ""  # dataset "latents": the cache's directory
+  config.data.random_flip = True  # dataset "latents": pick a cached mirrored copy half the time
   config.data.num_train_clips = 1024
   config.data.num_test_clips = 64
   config.data.num_frames = 16
@@ -155,8 +165,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.context.dim = 1536
     config.model.context.length = 300
     # Cosmos continuous video tokenizer: 8x temporal, 8x8 spatial, 16 channels, x0.5.
-    config.tokenizer = ml_collections.ConfigDict(
-        dict(name="cosmos", variant="CV8x8x8", latent_channels=16, latent_scale=0.5))
+    config.tokenizer.name = "cosmos"
+    config.tokenizer.variant = "CV8x8x8"
+    config.tokenizer.latent_channels = 16
+    config.tokenizer.latent_scale = 0.5
     config.data.resolution = 256
     config.data.num_frames = 193  # (1 + 8 * 24) pixel frames -> 25 latent frames
     config.batch_size = 256

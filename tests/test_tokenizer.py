@@ -145,7 +145,7 @@ def test_factory():
       4, 48, 0.5)
   assert make_tokenizer({"name": "patch", "patch_size": 2}).latent_scale == 1.0
   assert "patch" in known_tokenizers()
-  with pytest.raises(ValueError, match=r"unknown tokenizer 'stub'.*\['patch'"):
+  with pytest.raises(ValueError, match=r"unknown tokenizer 'stub'.*\['cosmos', 'patch'"):
     make_tokenizer(ml_collections.ConfigDict(dict(name="stub")))
   with pytest.raises(ValueError, match="patch_size"):
     make_tokenizer(ml_collections.ConfigDict(dict(name="patch")))

@@ -56,8 +56,33 @@ def _make_patch(config: Any) -> PatchTokenizer:
   )
 
 
+def _make_cosmos(config: Any) -> Tokenizer:
+  # pylint: disable=import-outside-toplevel
+  from videomar_jax.tokenizers.cosmos_tokenizer import CosmosTokenizer
+  from videomar_jax.tokenizers.geometry import tokenizer_geometry
+  directory = _get(config, "checkpoint", "")
+  if not directory:
+    raise ValueError(
+        "config.tokenizer.checkpoint is empty: a 'cosmos' tokenizer needs a tokenizer "
+        "directory (write one with `videomar tokenizer convert --torch=...` or "
+        "`videomar tokenizer train`).")
+  tokenizer = CosmosTokenizer.from_directory(
+      directory, latent_scale=_get(config, "latent_scale"), dtype=_get(config, "dtype", ""))
+  expected = tokenizer_geometry(config)
+  found = (tokenizer.temporal_stride, tokenizer.spatial_stride, tokenizer.latent_channels)
+  wanted = (expected.temporal_stride, expected.spatial_stride, expected.latent_channels)
+  if found != wanted:
+    raise ValueError(
+        f"the tokenizer in {directory} has strides {found[0]}x{found[1]}x{found[1]} and "
+        f"{found[2]} channels, but config.tokenizer (variant {_get(config, 'variant')!r}, "
+        f"latent_channels {wanted[2]}) says {wanted[0]}x{wanted[1]}x{wanted[1]} and "
+        f"{wanted[2]}.")
+  return tokenizer
+
+
 # config.name -> factory(config).
-_FACTORIES: dict[str, Callable[[Any], Tokenizer]] = {"patch": _make_patch}
+_FACTORIES: dict[str, Callable[[Any], Tokenizer]] = {"patch": _make_patch,
+                                                     "cosmos": _make_cosmos}
 
 
 def register_tokenizer(name: str, factory: Callable[[Any], Tokenizer]) -> None:
@@ -85,6 +110,8 @@ def make_tokenizer(config: Any) -> Tokenizer:
 
   ``'patch'`` -> ``PatchTokenizer(patch_size=config.patch_size,
   latent_scale=config.latent_scale)`` (``latent_scale`` defaults to 1.0).
+  ``'cosmos'`` -> ``CosmosTokenizer`` read from the directory ``config.checkpoint``,
+  checked against ``config.variant`` and ``config.latent_channels``.
 
   Raises:
     ValueError: for an unknown name (listing the known ones) or missing fields.

@@ -22,8 +22,8 @@ def tokenizer_geometry(config: ml_collections.ConfigDict) -> TokenizerGeometry:
   if config.name == "patch":
     return TokenizerGeometry(1, config.patch_size, 3 * config.patch_size ** 2)
   if config.name == "cosmos":
-    match = re.fullmatch(r"CV(\d+)x(\d+)x(\d+)", config.variant)
+    match = re.fullmatch(r"CV(\d+)x(\d+)x(\d+)(-\w+)?", config.variant)
     if not match or match.group(2) != match.group(3):
-      raise ValueError(f"Cosmos variant {config.variant!r} is not of the form CV<t>x<s>x<s>.")
+      raise ValueError(f"Cosmos variant {config.variant!r} is not of the form CV<t>x<s>x<s>[-suffix].")
     return TokenizerGeometry(int(match.group(1)), int(match.group(2)), config.latent_channels)
   raise ValueError(f"Unknown tokenizer {config.name!r}; known: 'patch', 'cosmos'.")
