@@ -228,6 +228,7 @@ def make_loader(
     shard_count: int | None = None,
     worker_count: int = 0,
     batch_rows: list[int] | None = None,
+    transforms: list[Any] | None = None,
 ) -> grain.DataLoader:
   """Builds the grain loader for random-access ``source`` (see module docstring).
 
@@ -245,6 +246,9 @@ def make_loader(
     worker_count: grain worker processes (0 = transform in this process).
     batch_rows: this process's rows of every global batch (ascending); default the
       contiguous block of shard ``shard_index`` (see ``parallel.partition``).
+    transforms: per-record transforms replacing the crop and resize of video clips
+      (e.g. ``latent_cache.LatentCrop`` for cached latents); then ``num_frames`` and
+      ``resolution`` are not checked against the records.
 
   Returns:
     A ``grain.DataLoader``; iterate it for batches (dicts of numpy arrays).
@@ -275,7 +279,7 @@ def make_loader(
   if num_records < 1:
     raise ValueError("the data source is empty")
   # Fail early (not inside a worker) when the clips are too short.
-  available = _get_frames(source[0]).shape[0]
+  available = num_frames if transforms else _get_frames(source[0]).shape[0]
   if available < num_frames:
     raise ValueError(
         f"clips have {available} frames but num_frames={num_frames} consecutive "
@@ -303,9 +307,10 @@ def make_loader(
   if batch_rows is None:
     batch_rows = range(shard_index * local, (shard_index + 1) * local)
   sampler = GlobalBatchRows(global_order, global_batch_size, shard_count, list(batch_rows))
+  if transforms is None:
+    transforms = [RandomTemporalCrop(num_frames), Resize(resolution)]
   operations = [
-      RandomTemporalCrop(num_frames),
-      Resize(resolution),
+      *transforms,
       grain.transforms.Batch(
           batch_size=global_batch_size // shard_count, drop_remainder=True
       ),

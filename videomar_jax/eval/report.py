@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from videomar_jax.data import pipeline as data_pipeline
+from videomar_jax.data import bouncing_balls, latent_cache
 from videomar_jax.eval import balls
 from videomar_jax.sampling import video_io
 from videomar_jax.sampling.generate import SamplerSettings
@@ -24,10 +25,23 @@ from videomar_jax.sampling.pipeline import VideoGenerator, load_checkpoint
 from videomar_jax.train.trainer import open_dataset
 
 
+def _pixel_source(config, workdir: str):
+  """The test split of the run's pixel clips; for a run on cached latents, of the dataset
+  the cache was encoded from (its metadata names it)."""
+  if config.data.dataset != "latents":
+    return open_dataset(config, workdir, split="test")
+  source = latent_cache.read_meta(config.data.latents_dir)["source"]
+  if source.get("dataset") != "bouncing_balls":
+    raise ValueError(f"evaluate scores bouncing-balls clips; the latent cache "
+                     f"{config.data.latents_dir} was encoded from {source}.")
+  settings = {k: v for k, v in source.items() if k not in ("dataset", "data_dir")}
+  return bouncing_balls.load(source["data_dir"], "test", **settings)
+
+
 def held_out_clips(config, workdir: str, num_examples: int, num_frames: int, resolution: int):
   """The first `num_examples` test clips, cut to `num_frames` and resized: (video, centres,
   colours)."""
-  source = open_dataset(config, workdir, split="test")
+  source = _pixel_source(config, workdir)
   if num_examples > len(source):
     raise ValueError(f"{num_examples} examples asked for, the test split has {len(source)}.")
   videos, centres, colours = [], [], []

@@ -51,6 +51,7 @@ def load_checkpoint(path: str, use_ema: bool = True):
       raise FileNotFoundError(f"{directory} holds no checkpoint.")
     meta = checkpointer.restore_meta(step)
     config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    _find_run_tokenizer(config, directory)
     model = VideoMAR(config)
     total = sum(stage["steps"] for stage in config.stages)
     optimizer = optim_lib.make_optimizer(config.optim, config.batch_size, total)
@@ -59,6 +60,17 @@ def load_checkpoint(path: str, use_ema: bool = True):
   finally:
     checkpointer.close()
   return config, (state.ema_params if use_ema else state.params), step
+
+
+def _find_run_tokenizer(config: ml_collections.ConfigDict, checkpoint_dir: str) -> None:
+  """A run keeps its Cosmos tokenizer in `<run>/tokenizer` (see `trainer.resolve_tokenizer`);
+  if the recorded path is gone (the run was moved or copied), use the run's copy."""
+  tokenizer = config.tokenizer
+  if tokenizer.get("name") != "cosmos" or os.path.isdir(tokenizer.get("checkpoint") or ""):
+    return
+  own = os.path.join(os.path.dirname(checkpoint_dir.rstrip("/")), "tokenizer")
+  if "://" not in own and os.path.isdir(own):
+    tokenizer.checkpoint = own
 
 
 class VideoGenerator:

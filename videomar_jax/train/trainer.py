@@ -24,12 +24,12 @@ import ml_collections
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from videomar_jax.data import bouncing_balls, pipeline
+from videomar_jax.data import bouncing_balls, latent_cache, pipeline
 from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.parallel import partition
 from videomar_jax.parallel.mesh import make_mesh
 from videomar_jax.parallel.rules import rules_from_config
-from videomar_jax.tokenizers import make_tokenizer
+from videomar_jax.tokenizers import make_tokenizer, store
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train.checkpoint import Checkpointer
 from videomar_jax.train.report import write_loss_report
@@ -73,7 +73,7 @@ def validate(config: ml_collections.ConfigDict, tokenizer, mesh=None) -> None:
                        f"{jax.process_count()} process(es).")
     if stage.steps <= 0:
       raise ValueError(f"stage {i}: steps must be > 0, got {stage.steps}.")
-    if stage.num_frames > config.data.num_frames:
+    if config.data.dataset != "latents" and stage.num_frames > config.data.num_frames:
       raise ValueError(f"stage {i}: num_frames {stage.num_frames} > the dataset's clips "
                        f"({config.data.num_frames} frames).")
     stride = tokenizer.spatial_stride * config.model.patch_size
@@ -86,11 +86,50 @@ def validate(config: ml_collections.ConfigDict, tokenizer, mesh=None) -> None:
                        f"{config.loss.num_cond_frames} given frame(s).")
 
 
+def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Points `config.tokenizer.checkpoint` at the run's own copy of its tokenizer.
+
+  A Cosmos tokenizer directory is copied to `<workdir>/tokenizer` so that sampling decodes
+  through the very weights the run trained with, even if the original moves. With cached
+  latents and no checkpoint given, the tokenizer is the one the cache was encoded with;
+  a given one must be that same tokenizer (same weights).
+  """
+  tokenizer = config.tokenizer
+  cache_meta = None
+  if config.data.dataset == "latents":
+    if not config.data.latents_dir:
+      raise ValueError("data.dataset is 'latents' but config.data.latents_dir is empty.")
+    cache_meta = latent_cache.read_meta(config.data.latents_dir)["tokenizer"]
+    if tokenizer.name == "cosmos" and not tokenizer.checkpoint:
+      tokenizer.checkpoint = cache_meta.get("checkpoint", "")
+  if tokenizer.name != "cosmos" or not tokenizer.checkpoint:
+    return  # make_tokenizer names what is missing
+  if cache_meta is not None and cache_meta.get("fingerprint") not in (
+      None, store.fingerprint(tokenizer.checkpoint)):
+    raise latent_cache.LatentCacheError(
+        f"config.tokenizer.checkpoint {tokenizer.checkpoint} holds other weights than the "
+        f"tokenizer the latent cache {config.data.latents_dir} was encoded with "
+        f"({cache_meta.get('checkpoint')}).")
+  own = os.path.abspath(os.path.join(workdir, "tokenizer"))
+  if os.path.abspath(tokenizer.checkpoint) == own:
+    return
+  if os.path.isdir(own):  # a resumed run: it must keep its tokenizer
+    if store.fingerprint(own) != store.fingerprint(tokenizer.checkpoint):
+      raise ValueError(f"this run was trained with the tokenizer in {own}, which differs "
+                       f"from config.tokenizer.checkpoint {tokenizer.checkpoint}.")
+  else:
+    store.copy(tokenizer.checkpoint, own)
+  tokenizer.checkpoint = own
+
+
 def open_dataset(config: ml_collections.ConfigDict, workdir: str, split: str = "train"):
-  """Builds the built-in dataset if needed and returns a random-access source."""
+  """Builds the built-in dataset if needed and returns a random-access source (for
+  dataset 'latents': the cache's split)."""
+  if config.data.dataset == "latents":
+    return latent_cache.load(config.data.latents_dir, split)[0]
   if config.data.dataset != "bouncing_balls":
-    raise ValueError(f"data.dataset {config.data.dataset!r} is not known; the built-in "
-                     "dataset is 'bouncing_balls'.")
+    raise ValueError(f"data.dataset {config.data.dataset!r} is not known: 'bouncing_balls' "
+                     "(built in) or 'latents' (a cache from `videomar data encode`).")
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
   load = lambda: bouncing_balls.load(
       data_dir, split, num_train_clips=config.data.num_train_clips,
@@ -153,6 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_main = jax.process_index() == 0  # logs, metrics and reports come from process 0
   os.makedirs(workdir, exist_ok=True)
   model = VideoMAR(config)
+  resolve_tokenizer(config, workdir)
   tokenizer = make_tokenizer(config.tokenizer)
   mesh = make_mesh(config.mesh)
   rules = rules_from_config(config.sharding.rules)
@@ -210,7 +250,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             source, global_batch_size=batch_size, num_frames=stage.num_frames,
             resolution=stage.resolution, seed=config.seed + 1000 * stage_index,
             worker_count=config.data.worker_count,
-            batch_rows=partition.process_batch_rows(mesh, batch_size))
+            batch_rows=partition.process_batch_rows(mesh, batch_size),
+            transforms=_latent_transforms(config, tokenizer, stage))
         data_iter = iter(loader)
         if state is None:
           if meta is None:
@@ -230,9 +271,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           print(f"Stage {stage_index}: {stage.num_frames} frames at {stage.resolution}px, "
                 f"batch {batch_size}, steps {start}..{end}.", flush=True)
 
+        key = "latents" if config.data.dataset == "latents" else "video"
         window_start, window_steps, pending = time.perf_counter(), 0, None
         while step < end:
-          batch = partition.global_batch({"video": next(data_iter)["video"]}, mesh)
+          batch = partition.global_batch({key: next(data_iter)[key]}, mesh)
           state, metrics = step_fn(state, batch)
           step += 1
           # Read the previous step's metrics while this one runs (no per-step stall).
@@ -283,6 +325,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"-> {report['loss_last_window_mean']:.4f} (last {report['window']}); curve in "
           f"{workdir}/loss_curve.png", flush=True)
   return {"status": status, "step": step}
+
+
+def _latent_transforms(config, tokenizer, stage):
+  """For cached latents: the crop that replaces the pixel pipeline's (checked against the
+  cache); None for pixels."""
+  if config.data.dataset != "latents":
+    return None
+  num_latent_frames = tokenizer.num_latent_frames(stage.num_frames)
+  meta = latent_cache.read_meta(config.data.latents_dir)
+  latent_cache.check_run(meta, config.data.latents_dir, config.tokenizer, num_latent_frames,
+                         stage.resolution, config.data.random_flip)
+  return [latent_cache.LatentCrop(num_latent_frames, config.data.random_flip)]
 
 
 def _init_from_torch(state: TrainState, optimizer, config, shardings) -> TrainState:
