@@ -11,6 +11,8 @@
   videomar plan --config=configs/videomar.py:paper --mesh=data:4,fsdp:16,tensor:1
   videomar verify --torch_checkpoint=PATH --config=... (see cli/torch_commands.py)
   videomar torch export --checkpoint=RUN_OR_STEP --out=model.safetensors
+  videomar tokenizer convert|encode|decode|train ... (see cli/tokenizer_commands.py)
+  videomar data encode --tokenizer=DIR --dataset=bouncing_balls --data_dir=DATA --out=CACHE
 
 Flags are absl flags; `--config` is an `ml_collections` config file (`path[:arg]`) whose
 fields can be overridden with `--config.key=value`. The config is locked: unknown keys are
@@ -26,29 +28,35 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videomar_jax.cli import torch_commands
+from videomar_jax.cli import tokenizer_commands, torch_commands
 
 COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler",
-            "bench train", "plan", "verify", "torch export")
+            "bench train", "plan", "verify", "torch export", "tokenizer convert",
+            "tokenizer encode", "tokenizer decode", "tokenizer train", "data encode")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path[:arg]`.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs).")
-_DATASET = flags.DEFINE_string("dataset", "bouncing_balls", "Dataset to build.")
+_DATASET = flags.DEFINE_string("dataset", "bouncing_balls", "data build / encode: dataset "
+                               "(data encode also takes folder:PATH of videos).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where `data build` writes the dataset.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train_clips", 1024, "data build: training clips.")
 _NUM_TEST = flags.DEFINE_integer("num_test_clips", 64, "data build: held-out clips.")
 _NUM_FRAMES = flags.DEFINE_integer(
-    "num_frames", 0, "data build: frames per clip (0 = 16); sample/evaluate: frames of the "
+    "num_frames", 0, "data build: frames per clip (0 = 16); data encode: frames encoded per "
+    "clip (0 = 1 + 2 x temporal stride); sample/evaluate: frames of the "
     "output video, given ones included (0 = the last curriculum stage's).")
-_RESOLUTION = flags.DEFINE_integer("resolution", 32, "data build: frame size (square).")
+_RESOLUTION = flags.DEFINE_integer("resolution", 32, "data build / encode: frame size "
+                                   "(square).")
 _NUM_BALLS = flags.DEFINE_integer("num_balls", 2, "data build: balls per clip.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "sample: a run directory or one of "
-                                  "its checkpoints/<step> folders (instead of --workdir).")
+                                  "its checkpoints/<step> folders (instead of --workdir); "
+                                  "tokenizer encode/decode: a tokenizer directory.")
 _IMAGE = flags.DEFINE_string("image", None, "sample: conditioning image (I2V).")
 _VIDEO = flags.DEFINE_string("video", None, "sample: conditioning video (V2V).")
 _NUM_GIVEN = flags.DEFINE_integer("num_given", 0, "sample --video: given frames (0 = all).")
-_OUT = flags.DEFINE_string("out", None, "sample: output path; writes .mp4 and .gif.")
+_OUT = flags.DEFINE_string("out", None, "sample: output path (writes .mp4 and .gif); "
+                           "tokenizer convert / data encode: output directory.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 16, "Unmasking steps per frame.")
 _CFG = flags.DEFINE_float("cfg", 1.0, "Classifier-free guidance scale (with --class_label).")
 _CLASS = flags.DEFINE_integer("class_label", None, "sample: class label for class models.")
@@ -261,14 +269,15 @@ def cmd_bench_sampler(_):
 HANDLERS = {"train": cmd_train, "data build": cmd_data_build, "info": cmd_info,
             "evaluate": cmd_evaluate, "sample": cmd_sample, "bench sampler": cmd_bench_sampler,
             "plan": cmd_plan, "bench train": cmd_bench_train,
-            **torch_commands.HANDLERS}
+            **torch_commands.HANDLERS, **tokenizer_commands.HANDLERS}
 
 
 def run(argv=None):
   argv = list(sys.argv if argv is None else argv)
   prog = os.path.basename(argv[0])
   words = [a for a in argv[1:3] if not a.startswith("-")]
-  command = " ".join(words[:2]) if words[:1] in (["data"], ["bench"], ["torch"]) else " ".join(words[:1])
+  two_words = words[:1] in (["data"], ["bench"], ["torch"], ["tokenizer"])
+  command = " ".join(words[:2]) if two_words else " ".join(words[:1])
   if command not in HANDLERS:
     print(f"usage: {prog} {{{' | '.join(COMMANDS)}}} [flags]\n"
           f"unknown command {command!r}; see the module docstring of videomar_jax.cli.main.",
@@ -286,7 +295,14 @@ def _user_errors() -> tuple:
   from videomar_jax.interop.layout import LayoutError
   from videomar_jax.interop.safetensors_io import SafetensorsError
   from videomar_jax.interop.verify import InputError
-  return (FileNotFoundError, CheckpointFileError, LayoutError, SafetensorsError, InputError)
+  from videomar_jax.cli.tokenizer_commands import TokenizerInputError
+  from videomar_jax.data.latent_cache import LatentCacheError
+  from videomar_jax.interop.cosmos_convert import CosmosConversionError
+  from videomar_jax.interop.cosmos_keys import CosmosKeyError
+  from videomar_jax.tokenizers.store import TokenizerStoreError
+  return (FileNotFoundError, CheckpointFileError, LayoutError, SafetensorsError, InputError,
+          TokenizerInputError, LatentCacheError, CosmosConversionError, CosmosKeyError,
+          TokenizerStoreError)
 
 
 def _quiet_libraries(handler):
