@@ -169,7 +169,9 @@ def test_sampling_decodes_through_the_runs_tokenizer(tmp_path, cache_dir, data_d
   workdir = str(tmp_path / "run")
   config = _run_config(data_dir, "", dataset="latents", latents_dir=cache_dir,
                        random_flip=True)
+  config.stages[0].steps = 3  # past a log step (every 2), which once clobbered the batch key
   trainer.train(config, workdir)
+  assert list(read_metrics(workdir)) == [1, 2, 3]
   moved = str(tmp_path / "moved")
   os.rename(workdir, moved)  # the recorded tokenizer path is gone; the run's copy is found
   config, params, _ = load_checkpoint(moved)
@@ -278,3 +280,13 @@ def test_cli_data_encode_writes_a_cache_the_trainer_reads(tmp_path, tokenizer_di
                 f"--data_dir={tmp_path / 'data'}", f"--out={tmp_path / 'cache2'}",
                 "--num_frames=8", f"--resolution={RESOLUTION}")
   assert result.returncode == 1 and "num_frames=8" in result.stderr
+
+
+def test_bench_tokenizer_counts_parameters_and_times_both_directions():
+  from videomar_jax.bench_tokenizer import bench_tokenizer  # pylint: disable=import-outside-toplevel
+  result = bench_tokenizer(VARIANT, num_frames=NUM_FRAMES, resolution=RESOLUTION, repeats=1)
+  parameters = result["parameters"]
+  assert parameters["total"] == sum(v for k, v in parameters.items() if k != "total")
+  assert parameters["encoder"] > 0 and parameters["decoder"] > 0
+  assert result["latent_shape"] == [1, 3, 4, 4, 16]
+  assert result["encode_frames_per_s"] > 0 and result["decode_frames_per_s"] > 0

@@ -8,6 +8,7 @@
       --out=out.mp4 [--num_frames --num_steps --cfg --temperature --seed --save_latents]
   videomar bench sampler --config=configs/videomar.py:tiny --json=out.json
   videomar bench train --config=configs/videomar.py:small --json=out.json [--mesh=data:1]
+  videomar bench tokenizer --variant=CV8x8x8 --num_frames=17 --resolution=128 --json=out.json
   videomar plan --config=configs/videomar.py:paper --mesh=data:4,fsdp:16,tensor:1
   videomar verify --torch_checkpoint=PATH --config=... (see cli/torch_commands.py)
   videomar torch export --checkpoint=RUN_OR_STEP --out=model.safetensors
@@ -31,7 +32,7 @@ from ml_collections import config_flags
 from videomar_jax.cli import tokenizer_commands, torch_commands
 
 COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler",
-            "bench train", "plan", "verify", "torch export", "tokenizer convert",
+            "bench train", "bench tokenizer", "plan", "verify", "torch export", "tokenizer convert",
             "tokenizer encode", "tokenizer decode", "tokenizer train", "data encode")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path[:arg]`.",
@@ -79,6 +80,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
 _MESH = flags.DEFINE_string("mesh", None, "plan / bench train: mesh sizes, e.g. "
                             "data:4,fsdp:16,tensor:1 (plan: that many fake CPU devices).")
+_BENCH_BATCH = flags.DEFINE_integer("bench_batch_size", 1, "bench tokenizer: clips per call.")
 _NUM_FRAMES_INFO = flags.DEFINE_integer("info_num_frames", 0, "info: pixel frames of the "
                                         "clip to count FLOPs for (0 = the last stage's).")
 
@@ -266,9 +268,25 @@ def cmd_bench_sampler(_):
       f.write(text)
 
 
+def cmd_bench_tokenizer(_):
+  from videomar_jax.bench_tokenizer import bench_tokenizer  # pylint: disable=g-import-not-at-top
+  variant = flags.FLAGS["variant"].value
+  if not variant:
+    raise app.UsageError("bench tokenizer needs --variant.")
+  result = bench_tokenizer(variant, num_frames=_NUM_FRAMES.value or 17,
+                           resolution=_RESOLUTION.value, batch_size=_BENCH_BATCH.value,
+                           repeats=_REPEATS.value)
+  text = json.dumps(result, indent=2)
+  print(text, flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      f.write(text)
+
+
 HANDLERS = {"train": cmd_train, "data build": cmd_data_build, "info": cmd_info,
             "evaluate": cmd_evaluate, "sample": cmd_sample, "bench sampler": cmd_bench_sampler,
             "plan": cmd_plan, "bench train": cmd_bench_train,
+            "bench tokenizer": cmd_bench_tokenizer,
             **torch_commands.HANDLERS, **tokenizer_commands.HANDLERS}
 
 

@@ -65,7 +65,10 @@ def evaluate_run(workdir: str, num_examples: int = 8, num_frames: int = 0, num_s
                                                 resolution)
   generator = VideoGenerator(config, params)
   tokens_per_frame = (resolution // generator.stride) ** 2
-  settings = SamplerSettings(num_frames=num_frames, num_steps=min(num_steps, tokens_per_frame))
+  # The sampler counts latent frames; a causal tokenizer with temporal stride s decodes
+  # 1 + s * (T - 1) pixel frames from T latent ones.
+  settings = SamplerSettings(num_frames=generator.tokenizer.num_latent_frames(num_frames),
+                             num_steps=min(num_steps, tokens_per_frame))
   start = time.perf_counter()
   generated, _ = generator(video[:, :1], settings, seed=seed)
   generate_seconds = time.perf_counter() - start

@@ -271,10 +271,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           print(f"Stage {stage_index}: {stage.num_frames} frames at {stage.resolution}px, "
                 f"batch {batch_size}, steps {start}..{end}.", flush=True)
 
-        key = "latents" if config.data.dataset == "latents" else "video"
+        batch_key = "latents" if config.data.dataset == "latents" else "video"
         window_start, window_steps, pending = time.perf_counter(), 0, None
         while step < end:
-          batch = partition.global_batch({key: next(data_iter)[key]}, mesh)
+          batch = partition.global_batch({batch_key: next(data_iter)[batch_key]}, mesh)
           state, metrics = step_fn(state, batch)
           step += 1
           # Read the previous step's metrics while this one runs (no per-step stall).
