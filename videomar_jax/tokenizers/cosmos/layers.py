@@ -252,6 +252,17 @@ class TemporalAttention(_AttentionBase):
     return self.out(x, o.reshape(b, h, w, t, c).transpose(0, 3, 1, 2, 4))
 
 
+def _resnets_and_attention(block: nn.Module, x: jax.Array) -> jax.Array:
+  """The body shared by the down and up blocks, run inside ``block``'s compact scope:
+  ``num_layers`` x (resnet [+ spatial + temporal attention]), named as in diffusers."""
+  for i in range(block.num_layers):
+    x = ResnetBlock3d(block.features, block.dtype, name=f"resnets_{i}")(x)
+    if block.attention:
+      x = SpatialAttention(block.dtype, name=f"attentions_{i}")(x)
+      x = TemporalAttention(block.dtype, name=f"temp_attentions_{i}")(x)
+  return x
+
+
 class DownBlock3d(nn.Module):
   """``CosmosDownBlock3d``: ``num_layers`` x (resnet [+ spatial + temporal attention]),
   then the (optional) hybrid down-sampler ``downsamplers_0``."""
@@ -264,11 +275,7 @@ class DownBlock3d(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    for i in range(self.num_layers):
-      x = ResnetBlock3d(self.features, self.dtype, name=f"resnets_{i}")(x)
-      if self.attention:
-        x = SpatialAttention(self.dtype, name=f"attentions_{i}")(x)
-        x = TemporalAttention(self.dtype, name=f"temp_attentions_{i}")(x)
+    x = _resnets_and_attention(self, x)
     if self.spatial or self.temporal:
       x = Downsample3d(self.spatial, self.temporal, self.dtype, name="downsamplers_0")(x)
     return x
@@ -301,11 +308,7 @@ class UpBlock3d(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    for i in range(self.num_layers):
-      x = ResnetBlock3d(self.features, self.dtype, name=f"resnets_{i}")(x)
-      if self.attention:
-        x = SpatialAttention(self.dtype, name=f"attentions_{i}")(x)
-        x = TemporalAttention(self.dtype, name=f"temp_attentions_{i}")(x)
+    x = _resnets_and_attention(self, x)
     if self.spatial or self.temporal:
       x = Upsample3d(self.spatial, self.temporal, self.dtype, name="upsamplers_0")(x)
     return x
