@@ -41,7 +41,12 @@ def test_random_torch_weights_convert_and_verify_in_float32(tmp_path, kind):
   state_dict, _ = checkpoints.read_state_dict(str(tmp_path / "model.pt"))
   report, outputs = verify.verify(config, state_dict, verify.random_inputs(config, seed=1))
   assert report.passed, report.table()
-  assert max(d.max_rel for d in report.layers if d.name != "loss_per_token") < 2e-6
+  # float32 round-off only: ~1e-7 relative per layer, growing to 1-2e-6 through the head's
+  # matmuls (how much depends on the CPU kernels of the installed jaxlib/torch: input_proj
+  # was once bit-equal and is now 2e-7 off). bf16 compute is ~1e-2 off, so 1e-5 still tells
+  # a float32 run from anything else.
+  assert max(d.max_rel for d in report.layers if d.name != "loss_per_token") < 1e-5, (
+      report.table())
   # The converted parameters are the ones verify used: running the reference directly on
   # the same inputs gives the reference's own outputs.
   inputs = verify.random_inputs(config, seed=1)
