@@ -24,6 +24,7 @@ setup(
         "imageio-ffmpeg>=0.5",  # ships its own ffmpeg binary: MP4 without a system ffmpeg
         "pillow>=10",
         "matplotlib>=3.8",
+        "dm-pix>=0.4",  # SSIM in `videomar evaluate`
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],

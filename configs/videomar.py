@@ -56,6 +56,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # Channels of each head given to the (t, h, w) RoPE axes; () = (hd/2, hd/4, hd/4).
   config.model.rope_split = ()
   config.model.rope_base = 10000.0
+  # > 0: a learned (row, column) position table of this many tokens a side, added to the
+  # tokens as MAR does (beyond the paper, which has RoPE only). Small heads get too few RoPE
+  # frequencies to locate a token absolutely (docs/experiments.md).
+  config.model.pos_embed_size = 0
   config.model.dtype = "float32"  # computation dtype; parameters stay float32.
   config.model.scan_layers = True
   config.model.remat_policy = "none"  # none | full | dots
@@ -85,6 +89,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.loss.num_cond_frames = 1
   config.loss.mask_ratio_min = 0.7
   config.loss.mask_ratio_std = 0.25
+  # Beyond the paper (0 = off): corrupt the context frames after the given ones in training,
+  # noise std ~ U[0, context_noise], blend towards the frame's mean token ~ U[0, context_fade],
+  # so that the model meets its own imperfect frames as context (losses/next_frame.py).
+  config.loss.context_noise = 0.0
+  config.loss.context_fade = 0.0
 
   # ---- Data.
   config.data = ml_collections.ConfigDict()
@@ -100,6 +109,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.data.resolution = 32
   config.data.num_balls = 2
   config.data.worker_count = 0
+  # Probability that a training crop starts at the clip's first frame rather than at a
+  # random one (the built-in clips start with the balls at rest, as evaluation does).
+  config.data.crop_first_frame_prob = 0.0
 
   # ---- Curriculum: stages run in order, each from the previous stage's weights
   # (short-to-long in frames, then progressive resolution). batch_size 0 = config.batch_size.

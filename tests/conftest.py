@@ -31,6 +31,14 @@ def small_config(**model_overrides) -> ml_collections.ConfigDict:
   config.model.depth = 2
   config.model.num_heads = 2
   config.model.scan_layers = True  # the library default (the tiny preset turns it off)
+  # The paper's method, whatever the tiny preset's recipe: tests of its extra options set
+  # them explicitly.
+  config.model.pos_embed_size = 0
+  config.model.rope_base = 10000.0
+  config.loss.mode = "paper"
+  config.loss.mask_ratio_min, config.loss.mask_ratio_std = 0.7, 0.25
+  config.loss.context_noise = config.loss.context_fade = 0.0
+  config.data.crop_first_frame_prob = 0.0
   config.head.width = 32
   config.head.depth = 1
   config.head.diffusion_batch_mul = 2

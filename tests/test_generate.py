@@ -9,7 +9,7 @@ import pytest
 from conftest import perturb, small_config
 from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.sampling import schedules
-from videomar_jax.sampling.generate import SamplerSettings, generate
+from videomar_jax.sampling.generate import SamplerSettings, generate, generate_teacher_forced
 
 B, H, W = 2, 2, 3
 N = H * W
@@ -149,3 +149,36 @@ def test_the_diffusion_head_only_sees_the_tokens_being_revealed():
   head_rows = {s[0] for s in _dot_input_shapes(jaxpr.jaxpr)
                if len(s) == 2 and s[1] == model.token_dim}
   assert head_rows == {B * width}, head_rows
+
+
+def test_teacher_forced_frames_come_from_the_true_frames_and_free_running_from_its_own():
+  """Teacher forcing: frame f is exactly what `generate` makes after the true frames < f
+  (same rng), and changing a true frame changes only the frames generated after it.
+  Free-running: the true frames after the given ones are not even an input, so frame f
+  depends on the generated frames before it."""
+  model, params = _model()
+  true = jax.random.normal(jax.random.key(5), (B, 4, N, model.token_dim))
+  settings = SamplerSettings(num_frames=4, num_steps=3, temperature="constant")
+  rng = jax.random.key(6)
+  forced = generate_teacher_forced(model, params, true, rng, settings, (H, W))["tokens"]
+  np.testing.assert_array_equal(forced[:, :1], true[:, :1])
+  for f in (1, 2, 3):
+    ahead = generate(model, params, true[:, :f], rng,
+                     SamplerSettings(num_frames=f + 1, num_steps=3, temperature="constant"),
+                     (H, W))["tokens"]
+    _assert_same_video(forced[:, f], ahead[:, f])
+  # Changing true frame 2 leaves generated frames 1 and 2 alone and changes frame 3.
+  changed = true.at[:, 2].add(1.0)
+  forced2 = generate_teacher_forced(model, params, changed, rng, settings, (H, W))["tokens"]
+  np.testing.assert_array_equal(forced2[:, 1:3], forced[:, 1:3])
+  assert np.abs(forced2[:, 3] - forced[:, 3]).max() > 1e-3
+  # Free-running frame 2 is conditioned on the generated frame 1, not the true one.
+  free = generate(model, params, true[:, :1], rng, settings, (H, W))["tokens"]
+  _assert_same_video(free[:, 1], forced[:, 1])  # same context (frame 0) -> same frame 1
+  assert np.abs(free[:, 2] - forced[:, 2]).max() > 1e-3
+  on_own = generate(model, params, free[:, :2], rng,
+                    SamplerSettings(num_frames=3, num_steps=3, temperature="constant"),
+                    (H, W))["tokens"]
+  _assert_same_video(free[:, 2], on_own[:, 2])
+  with pytest.raises(ValueError, match="num_frames"):
+    generate_teacher_forced(model, params, true, rng, SamplerSettings(num_frames=5), (H, W))

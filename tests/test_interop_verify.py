@@ -57,6 +57,20 @@ def test_random_torch_weights_convert_and_verify_in_float32(tmp_path, kind):
   assert change > 0.1 * np.abs(outputs["torch/block_0"]).max()
 
 
+def test_learned_position_table_converts_and_verifies(tmp_path):
+  """model.pos_embed_size (beyond the paper): one `pos_embed_learned` tensor, added after
+  the mask token in both implementations; rows/columns come from the token positions."""
+  config = _config("none")
+  config.model.pos_embed_size = 6  # the random inputs are 4 x 6 tokens a frame
+  net = _torch_checkpoint(config, tmp_path / "model.pt")
+  assert tuple(net.state_dict()["pos_embed_learned"].shape) == (6, 6, 32)
+  state_dict, _ = checkpoints.read_state_dict(str(tmp_path / "model.pt"))
+  report, _ = verify.verify(config, state_dict, verify.random_inputs(config, seed=1))
+  assert report.passed, report.table()
+  assert max(d.max_rel for d in report.layers if d.name != "loss_per_token") < 1e-5, (
+      report.table())
+
+
 def test_bfloat16_needs_and_meets_its_looser_tolerance(tmp_path):
   config = _config("text", "bfloat16")
   _torch_checkpoint(config, tmp_path / "model.pt")

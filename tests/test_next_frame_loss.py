@@ -140,3 +140,40 @@ def test_loss_is_finite_and_differentiable(setup):
     assert np.isfinite(loss)
     norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)]
     assert all(np.isfinite(norms)) and max(norms) > 0
+
+
+@pytest.mark.parametrize("mode", ["paper", "all_frames"])
+def test_context_corruption_touches_only_context_frames_after_the_given_ones(setup, mode):
+  """With loss.context_noise/context_fade the transformer sees degraded context frames
+  >= num_cond_frames, while the given frames, the target frame's visible tokens and the
+  targets stay clean; with both at 0 nothing changes."""
+  model, params, tokens = setup
+  config = model.config.loss.copy_and_resolve_references()
+  config.mode = mode
+  draw = lambda cfg: next_frame.draw(jax.random.key(3), cfg, batch_size=B, num_frames=T,
+                                     tokens_per_frame=N, token_dim=model.token_dim,
+                                     diffusion_batch_mul=1, num_timesteps=1000)
+  clean = draw(config)
+  assert clean.noise_std is None
+  np.testing.assert_array_equal(next_frame.corrupt_context(tokens, clean, N_COND), tokens)
+  config.context_noise, config.context_fade = 0.5, 0.8
+  noisy = draw(config)
+  view = next_frame.corrupt_context(tokens, noisy, N_COND)
+  np.testing.assert_array_equal(view[:, :N_COND], tokens[:, :N_COND])
+  assert np.all(np.abs(view[:, N_COND:] - tokens[:, N_COND:]).max(axis=(1, 2, 3)) > 0)
+  assert np.all((noisy.noise_std >= 0) & (noisy.noise_std <= 0.5))
+  assert np.all((noisy.fade >= 0) & (noisy.fade <= 0.8))
+  # Masks and diffusion draws do not move, so the frame after the given one (whose only
+  # context is the clean given frame) keeps its loss exactly.
+  np.testing.assert_array_equal(noisy.token_mask, clean.token_mask)
+  z_clean, targets_clean = next_frame.conditions_and_targets(
+      model, params, tokens, clean, mode=mode, num_cond=N_COND, h=H, w=W)
+  z_noisy, targets_noisy = next_frame.conditions_and_targets(
+      model, params, tokens, noisy, mode=mode, num_cond=N_COND, h=H, w=W)
+  np.testing.assert_array_equal(targets_noisy, targets_clean)
+  if mode == "all_frames":  # supervised frame 1 sees only the clean frame 0
+    np.testing.assert_allclose(z_noisy[:, 0], z_clean[:, 0], rtol=1e-5, atol=1e-6)
+    assert np.abs(z_noisy[:, -1] - z_clean[:, -1]).max() > 1e-4
+  with pytest.raises(ValueError, match="context_fade"):
+    config.context_fade = 1.5
+    draw(config)

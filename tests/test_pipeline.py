@@ -204,3 +204,16 @@ def test_global_batches_do_not_depend_on_the_process_count(source, rows):
                                 expected[3][[4, 5, 6, 7] if rows is None else rows[1]])
   with pytest.raises(ValueError, match="are not 4 distinct rows"):
     make(0, 2, [0, 0, 1, 2])
+
+
+def test_first_frame_crops(source, clips):
+  """first_frame_prob=1 starts every crop at frame 0; 0.5 mixes frame-0 and random starts;
+  0 keeps the crops of a loader without the option."""
+  starts = lambda **kw: [_locate(clips, v, c)[1] for b in _take(_loader(source, **kw), 6)
+                         for v, c in zip(b["video"], b["centres"])]
+  assert set(starts(first_frame_prob=1.0)) == {0}
+  mixed = starts(first_frame_prob=0.5)
+  assert 0 < mixed.count(0) < len(mixed)
+  _assert_same_batches(_take(_loader(source, first_frame_prob=0.0), 3), _take(_loader(source), 3))
+  with pytest.raises(ValueError, match="first_frame_prob"):
+    pipeline.RandomTemporalCrop(4, first_frame_prob=1.5)

@@ -34,6 +34,33 @@ def test_centres_found_from_colour_masks_match_the_simulation():
   assert balls.psnr(frames, frames) > 90 and balls.psnr(frames, 255 - frames) < 5
 
 
+def test_report_scores_references_and_predictions_the_same_way(tmp_path):
+  """`score` on the truth gives the metric's floor, on copy-previous its known error; balls
+  found and SSIM see a blank frame for what it is; the contact sheet has 3 rows an example."""
+  from videomar_jax.eval import report  # pylint: disable=import-outside-toplevel
+  colour_ids = np.array([0, 3])
+  start = np.array([[8.0, 6.0], [22.0, 10.0]])
+  centres = bouncing_balls.simulate(start, colour_ids, num_frames=5, resolution=32, radius=3,
+                                    gravity=0.5, restitution=0.9, substeps=4)
+  truth = bouncing_balls.render(centres, colour_ids, 32, 3)[None]
+  colours = bouncing_balls.PALETTE_RGB[colour_ids][None]
+  perfect = report.score(truth, truth, centres[None], colours)
+  assert np.all(perfect["centre_error_px"] < 0.6) and np.all(perfect["balls_found"] == 1)
+  assert np.allclose(perfect["ssim"], 1.0) and np.all(perfect["psnr"] > 90)
+  previous = np.concatenate([truth[:, :1], truth[:, :-1]], axis=1)
+  moved = report.score(previous, truth, centres[None], colours)
+  step = np.linalg.norm(np.diff(centres, axis=0), axis=-1).mean(-1)  # true motion per frame
+  np.testing.assert_allclose(moved["centre_error_px"], step, atol=0.6)
+  blank = truth.copy()
+  blank[:, 2:] = 0
+  lost = report.score(blank, truth, centres[None], colours)
+  np.testing.assert_array_equal(lost["balls_found"], [1, 0, 0, 0])
+  assert lost["centre_error_px"][1] == 16.0 and lost["ssim"][1] < perfect["ssim"][1]
+  path = str(tmp_path / "sheet.png")
+  report.write_contact_sheet(path, blank, previous, truth, 1, scale=1)
+  assert imageio.imread(path).shape == (3 * (32 + 2) + 6, 5 * (32 + 2), 3)
+
+
 def test_reading_conditioning_files(tmp_path):
   rgb = np.random.default_rng(0).integers(0, 255, (20, 18, 3), dtype=np.uint8)
   imageio.imwrite(tmp_path / "rgb.png", rgb)
@@ -130,14 +157,25 @@ def test_train_then_sample_and_evaluate_from_the_command_line(tmp_path):
                 f"--out={out}")
   assert result.returncode != 0 and "no such file" in result.stderr
 
-  result = _cli("evaluate", f"--workdir={workdir}", "--num_examples=2", "--num_steps=4")
+  result = _cli("evaluate", f"--workdir={workdir}", "--num_examples=2", "--num_steps=4",
+                "--seeds=0,1")
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "teacher-forced" in result.stdout and "copy true previous" in result.stdout
   with open(f"{workdir}/report/metrics.json") as f:
     metrics = json.load(f)
   for key in ("centre_error_px", "centre_error_px_per_frame", "psnr",
               "baseline_centre_error_px", "baseline_psnr", "train_seconds",
-              "generate_seconds"):
+              "generate_seconds", "teacher_forced_centre_error_px",
+              "copy_previous_centre_error_px", "balls_found_fraction",
+              "balls_found_fraction_per_frame", "ssim", "baseline_ssim"):
     assert metrics[key] is not None, key
+  assert metrics["num_examples"] == 2 and metrics["seeds"] == [0, 1]
+  assert sorted(metrics["per_seed"]) == ["0", "1"]
+  for key in ("centre_error_px", "balls_found_fraction", "ssim", "psnr"):
+    assert len(metrics[f"teacher_forced_{key}_per_frame"]) == 3
   assert len(metrics["centre_error_px_per_frame"]) == 3
-  assert os.path.exists(f"{workdir}/report/centre_error_per_frame.png")
+  for name in ("metrics_per_frame.png", "contact_sheet.png"):
+    assert os.path.getsize(f"{workdir}/report/{name}") > 0
   assert len(glob.glob(f"{workdir}/report/example_*_generated_vs_truth.gif")) == 2
+  result = _cli("evaluate", f"--workdir={workdir}", "--seeds=0,x")
+  assert result.returncode != 0 and "--seeds" in result.stderr

@@ -66,7 +66,9 @@ _TEMPERATURE = flags.DEFINE_string(
     "(one per generated frame).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _SAVE_LATENTS = flags.DEFINE_bool("save_latents", False, "sample: also write <out>.npy.")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 8, "evaluate: held-out clips.")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 64, "evaluate: held-out clips.")
+_SEEDS = flags.DEFINE_string("seeds", None, "evaluate: comma-separated sampling seeds, each "
+                             "scored and averaged (default: --seed).")
 _JSON = flags.DEFINE_string("json", None, "bench: where to write the figures.")
 _GRID = flags.DEFINE_integer("bench_grid", 16, "bench sampler: tokens per frame side.")
 _REPEATS = flags.DEFINE_integer("bench_repeats", 3, "bench sampler: timed runs per mode; "
@@ -143,12 +145,21 @@ def cmd_info(_):
 
 
 def cmd_evaluate(_):
-  from videomar_jax.eval.report import evaluate_run  # pylint: disable=g-import-not-at-top
+  from videomar_jax.eval.report import evaluate_run, report_summary  # pylint: disable=g-import-not-at-top
   workdir = _require(_WORKDIR, "evaluate")
+  seeds = (_SEED.value,)
+  if _SEEDS.value:
+    try:
+      seeds = tuple(int(s) for s in _SEEDS.value.split(","))
+    except ValueError:
+      raise app.UsageError(f"--seeds={_SEEDS.value!r}: give comma-separated integers, e.g. "
+                       "--seeds=0,1.") from None
   metrics = evaluate_run(workdir, num_examples=_NUM_EXAMPLES.value,
                          num_frames=_NUM_FRAMES.value, num_steps=_NUM_STEPS.value,
-                         seed=_SEED.value)
-  print(json.dumps(metrics, indent=2), flush=True)
+                         seeds=seeds)
+  print(json.dumps({k: v for k, v in metrics.items() if k != "per_seed"}, indent=2),
+        flush=True)
+  print(report_summary(metrics), flush=True)
   print(f"Report written to {os.path.join(workdir, 'report')}", flush=True)
 
 

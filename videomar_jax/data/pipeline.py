@@ -111,12 +111,19 @@ class RandomTemporalCrop(grain.transforms.RandomMap):
   Input: a source record with ``frames`` ``[F0, H, W, 3]`` (and optionally
   ``centres`` ``[F0, K, 2]``). Output: ``{"video": [num_frames, H, W, 3],
   "centres": [num_frames, K, 2]}`` cropped at the same start.
+
+  With probability ``first_frame_prob`` the crop starts at frame 0 instead (for data
+  whose clips begin in a special state, like the built-in balls at rest, which is
+  where image-to-video evaluation starts).
   """
 
-  def __init__(self, num_frames: int):
+  def __init__(self, num_frames: int, first_frame_prob: float = 0.0):
     if num_frames < 1:
       raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if not 0.0 <= first_frame_prob <= 1.0:
+      raise ValueError(f"first_frame_prob must be in [0, 1], got {first_frame_prob}")
     self.num_frames = num_frames
+    self.first_frame_prob = first_frame_prob
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     frames = _get_frames(element)
@@ -127,6 +134,9 @@ class RandomTemporalCrop(grain.transforms.RandomMap):
           "consecutive frames were requested"
       )
     start = int(rng.integers(0, available - self.num_frames + 1))
+    # Drawn after the start so that first_frame_prob=0 keeps the crops of earlier runs.
+    if self.first_frame_prob and rng.random() < self.first_frame_prob:
+      start = 0
     stop = start + self.num_frames
     out = {"video": np.asarray(frames[start:stop], dtype=np.uint8)}
     if "centres" in element:
@@ -229,6 +239,7 @@ def make_loader(
     worker_count: int = 0,
     batch_rows: list[int] | None = None,
     transforms: list[Any] | None = None,
+    first_frame_prob: float = 0.0,
 ) -> grain.DataLoader:
   """Builds the grain loader for random-access ``source`` (see module docstring).
 
@@ -249,6 +260,8 @@ def make_loader(
     transforms: per-record transforms replacing the crop and resize of video clips
       (e.g. ``latent_cache.LatentCrop`` for cached latents); then ``num_frames`` and
       ``resolution`` are not checked against the records.
+    first_frame_prob: probability that a crop starts at frame 0 (see
+      :class:`RandomTemporalCrop`).
 
   Returns:
     A ``grain.DataLoader``; iterate it for batches (dicts of numpy arrays).
@@ -308,7 +321,7 @@ def make_loader(
     batch_rows = range(shard_index * local, (shard_index + 1) * local)
   sampler = GlobalBatchRows(global_order, global_batch_size, shard_count, list(batch_rows))
   if transforms is None:
-    transforms = [RandomTemporalCrop(num_frames), Resize(resolution)]
+    transforms = [RandomTemporalCrop(num_frames, first_frame_prob), Resize(resolution)]
   operations = [
       *transforms,
       grain.transforms.Batch(

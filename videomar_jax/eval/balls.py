@@ -32,6 +32,11 @@ def centre_errors(frames: np.ndarray, true_centres: np.ndarray, colours: np.ndar
   return np.where(found, dist, penalty).mean(-1)
 
 
+def found_fraction(frames: np.ndarray, colours: np.ndarray) -> np.ndarray:
+  """Per-frame fraction of the clip's balls with at least one pixel of their colour, [F]."""
+  return find_centres(frames, colours)[1].mean(-1)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
   """PSNR (dB) of uint8 videos."""
   mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)

@@ -366,13 +366,16 @@ class TorchVideoMAR(nn.Module):
     context_kind: "none", "class" (int labels, one context token) or "text" (L feature tokens).
     num_classes / context_dim / context_length: context sizes for "class" / "text".
     head_width, head_depth: SimpleMLPAdaLN width and number of residual blocks.
+    pos_embed_size: > 0 adds a learned (row, column) table `pos_embed_learned`
+      [size, size, width] to every token after the mask token (an option beyond the
+      paper's RoPE-only model); 0 = none.
   """
 
   def __init__(self, *, token_dim: int, width: int, depth: int, num_heads: int,
                mlp_ratio: int = 4, rope_split: Optional[Sequence[int]] = None,
                rope_base: float = 10000.0, context_kind: str = "none", num_classes: int = 0,
                context_dim: int = 0, context_length: int = 0, head_width: int = 1024,
-               head_depth: int = 3):
+               head_depth: int = 3, pos_embed_size: int = 0):
     super().__init__()
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
@@ -394,6 +397,10 @@ class TorchVideoMAR(nn.Module):
 
     self.z_proj = nn.Linear(token_dim, width)
     self.mask_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+    self.pos_embed_size = pos_embed_size
+    if pos_embed_size:
+      self.pos_embed_learned = nn.Parameter(
+          torch.randn(pos_embed_size, pos_embed_size, width) * 0.02)
     if context_kind == "text":
       if context_dim <= 0 or context_length <= 0:
         raise ValueError("text context needs context_dim > 0 and context_length > 0")
@@ -465,6 +472,10 @@ class TorchVideoMAR(nn.Module):
     # where() after z_proj would drop it from the output but not from z_proj's weight gradient.
     tokens = torch.where(masked, torch.zeros_like(tokens), tokens)
     x = torch.where(masked, self.mask_token.expand(b, s, -1), self.z_proj(tokens))
+    if self.pos_embed_size:
+      rows = positions[..., 1].clamp(0, self.pos_embed_size - 1)
+      cols = positions[..., 2].clamp(0, self.pos_embed_size - 1)
+      x = x + self.pos_embed_learned[rows, cols]
     outputs = {"input_proj": x}
 
     ctx, ctx_mask = self._embed_context(b, context, context_mask)

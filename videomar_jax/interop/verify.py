@@ -206,7 +206,8 @@ def torch_model(config: ml_collections.ConfigDict, state_dict: dict | None = Non
       token_dim=model.token_dim, width=tc.width, depth=tc.depth, num_heads=tc.num_heads,
       mlp_ratio=tc.mlp_ratio, rope_split=tuple(tc.rope_split), rope_base=tc.rope_base,
       context_kind=ctx.kind, num_classes=ctx.num_classes, context_dim=ctx.dim,
-      context_length=ctx.length, head_width=config.head.width, head_depth=config.head.depth)
+      context_length=ctx.length, head_width=config.head.width, head_depth=config.head.depth,
+      pos_embed_size=tc.pos_embed_size)
   if state_dict is not None:
     net.load_state_dict({k: torch.from_numpy(np.array(v, np.float32))
                          for k, v in state_dict.items()}, strict=True)

@@ -16,6 +16,14 @@ the masked tokens. As in MAR the head runs on every token of the target frame(s)
 visible ones weighted 0: the masked count varies per sample and shapes must stay static (at
 mask_ratio_min = 0.7 at least 70% of that work is used).
 
+Context corruption (beyond the paper; off by default): at sampling time every context
+frame after the given ones is the model's own imperfect output, while training only ever
+shows it true frames. With `loss.context_noise` > 0 (and/or `loss.context_fade` > 0) each
+sample's context frames after the `num_cond_frames` given ones get Gaussian noise of a std
+drawn uniformly from [0, context_noise] (and are blended towards their frame's mean token by
+a factor drawn from [0, context_fade]) before the transformer sees them; targets stay clean,
+so the model learns to draw a clean frame from a degraded past.
+
 All randomness is drawn up front into `LossDraws`, so tests can fix masks and noise.
 """
 
@@ -38,6 +46,9 @@ class LossDraws:
   timesteps: jax.Array  # [mul, B, F', N] int32 diffusion timesteps
   noise: jax.Array  # [mul, B, F', N, C] float32 diffusion noise
   drop_context: jax.Array  # [B] bool, True = use the null context
+  context_noise: jax.Array | None = None  # [B, T, N, C] corruption noise of context frames
+  noise_std: jax.Array | None = None  # [B] std of that noise (0 = clean context)
+  fade: jax.Array | None = None  # [B] blend of context frames towards their mean token
 
 
 def random_token_mask(rng: jax.Array, num_masked: jax.Array, num_tokens: int) -> jax.Array:
@@ -79,7 +90,32 @@ def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: 
   timesteps = jax.random.randint(keys[3], (mul, b, f, n), 0, num_timesteps)
   noise = jax.random.normal(keys[4], (mul, b, f, n, token_dim))
   drop_context = jax.random.bernoulli(keys[5], context_drop_prob, (b,))
-  return LossDraws(target_frame, token_mask, timesteps, noise, drop_context)
+  draws = LossDraws(target_frame, token_mask, timesteps, noise, drop_context)
+  noise_max, fade_max = loss_config.get("context_noise", 0.0), loss_config.get("context_fade",
+                                                                               0.0)
+  if noise_max < 0 or not 0 <= fade_max <= 1:
+    raise ValueError(f"loss.context_noise={noise_max} must be >= 0 and loss.context_fade="
+                     f"{fade_max} in [0, 1].")
+  if noise_max > 0 or fade_max > 0:
+    corrupt = jax.random.split(jax.random.fold_in(rng, 7), 3)
+    draws = draws.replace(
+        context_noise=jax.random.normal(corrupt[0], (b, num_frames, n, token_dim)),
+        noise_std=noise_max * jax.random.uniform(corrupt[1], (b,)),
+        fade=fade_max * jax.random.uniform(corrupt[2], (b,)))
+  return draws
+
+
+def corrupt_context(tokens: jax.Array, draws: LossDraws, num_cond: int) -> jax.Array:
+  """Clean tokens [B, T, N, C] -> the transformer's view of them as context: frames >=
+  num_cond faded towards their mean token and noised as `draws` say (unchanged when the
+  draws carry no corruption)."""
+  if draws.noise_std is None:
+    return tokens
+  fade = draws.fade[:, None, None, None]
+  faded = tokens + fade * (jnp.mean(tokens, axis=2, keepdims=True) - tokens)
+  noisy = faded + draws.noise_std[:, None, None, None] * draws.context_noise
+  later = (jnp.arange(tokens.shape[1]) >= num_cond)[None, :, None, None]
+  return jnp.where(later, noisy, tokens)
 
 
 def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int):
@@ -105,12 +141,14 @@ def conditions_and_targets(model, params, tokens: jax.Array, draws: LossDraws, *
   if n != h * w:
     raise ValueError(f"tokens have {n} per frame, expected h*w = {h}*{w}.")
   positions, attn_mask = sequence_layout(mode, t, num_cond, h, w)
+  context_view = corrupt_context(tokens, draws, num_cond)
   if mode == "paper":
     is_target_frame = jnp.arange(t)[None, :] == draws.target_frame[:, None]  # [B, T]
     is_masked = is_target_frame[:, :, None] & draws.token_mask  # mask only frame k
-    seq = tokens
+    # The target frame's visible tokens are this frame's own, as when sampling: clean.
+    seq = jnp.where(is_target_frame[:, :, None, None], tokens, context_view)
   else:
-    seq = jnp.concatenate([tokens[:, :t - 1], tokens[:, num_cond:]], axis=1)
+    seq = jnp.concatenate([context_view[:, :t - 1], tokens[:, num_cond:]], axis=1)
     is_masked = jnp.concatenate(
         [jnp.zeros((b, t - 1, n), bool), draws.token_mask], axis=1)
   z = model.encode(params, seq.reshape(b, -1, c), is_masked.reshape(b, -1), positions,

@@ -49,6 +49,10 @@ class TransformerConfig:
   num_classes: int = 0
   context_dim: int = 0
   context_length: int = 0
+  # Learned absolute (row, column) embedding, [pos_embed_size, pos_embed_size, width], added
+  # to every token after the mask token (as MAR adds its learned position table); 0 = none,
+  # the paper's RoPE-only model. See docs/experiments.md for why small models want it.
+  pos_embed_size: int = 0
 
   def __post_init__(self):
     if self.width % self.num_heads:
@@ -169,6 +173,20 @@ class VideoMARTransformer(nn.Module):
       context_mask = jnp.where(drop_context[:, None], True, context_mask)
     return context.astype(cfg.dtype), context_mask.astype(bool)
 
+  def learned_positions(self, positions, batch_size: int, length: int) -> jax.Array:
+    """The learned (row, column) embedding of every token, [B, S, width] float32. Rows and
+    columns beyond the table (frames larger than `pos_embed_size` tokens a side) take its
+    last entry; `validate` in the trainer refuses such grids for training."""
+    cfg = self.config
+    table = self.param("pos_embed_learned", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, None, "embed")),
+        (cfg.pos_embed_size, cfg.pos_embed_size, cfg.width))
+    positions = jnp.asarray(positions)
+    rows = jnp.clip(positions[..., 1], 0, cfg.pos_embed_size - 1)
+    cols = jnp.clip(positions[..., 2], 0, cfg.pos_embed_size - 1)
+    emb = table[rows, cols].astype(jnp.float32)  # [S, D] or [B, S, D]
+    return jnp.broadcast_to(emb, (batch_size, length, cfg.width))
+
   @nn.compact
   def __call__(self, tokens, is_masked, positions, attn_mask, context=None, context_mask=None,
                drop_context=None, kv_cache=None):
@@ -197,6 +215,8 @@ class VideoMARTransformer(nn.Module):
     x = dense(cfg.width, ("token_channels", "embed"), name="z_proj", dtype=cfg.dtype)(
         tokens.astype(cfg.dtype)).astype(jnp.float32)
     x = jnp.where(is_masked[..., None], mask_token.astype(jnp.float32), x)
+    if cfg.pos_embed_size:
+      x = x + self.learned_positions(positions, b, s)
     x = constrain(x, ACTIVATION_AXES)
     # `sow` is free unless "intermediates" is mutable: `interop.verify` reads these.
     self.sow("intermediates", "input_proj", x)

@@ -13,7 +13,6 @@ import ml_collections
 import numpy as np
 
 from videomar_jax.diffusion import gaussian
-from videomar_jax.models import sequence
 from videomar_jax.models.diffusion_head import SimpleMLPAdaLN
 from videomar_jax.models.transformer import TransformerConfig, VideoMARTransformer
 from videomar_jax.tokenizers.geometry import tokenizer_geometry
@@ -40,7 +39,8 @@ def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
       dtype=parse_dtype(m.dtype), scan_layers=m.scan_layers, remat_policy=m.remat_policy,
       attention_chunk=m.attention_chunk,
       context_kind=m.context.kind, num_classes=m.context.num_classes,
-      context_dim=m.context.dim, context_length=m.context.length)
+      context_dim=m.context.dim, context_length=m.context.length,
+      pos_embed_size=m.get("pos_embed_size", 0))
 
 
 class VideoMAR:
@@ -120,5 +120,3 @@ class VideoMAR:
     return gaussian.training_losses(self.train_schedule, self.head_fn(params, z), target, t,
                                     noise)["loss"]
 
-  def token_positions(self, frame_indices, h: int, w: int) -> np.ndarray:
-    return sequence.frame_positions(frame_indices, h, w)

@@ -83,7 +83,8 @@ class _Transformer:
 @functools.partial(jax.jit, static_argnames=("model", "settings", "grid"))
 def generate(model, params, given_tokens: jax.Array, rng: jax.Array, settings: SamplerSettings,
              grid: tuple[int, int], context=None, context_mask=None) -> dict:
-  """Generates a video's tokens after the given frames.
+  """Generates a video's tokens after the given frames (free-running: each generated frame
+  is the context of the next).
 
   Args:
     model: a `VideoMAR`.
@@ -97,6 +98,43 @@ def generate(model, params, given_tokens: jax.Array, rng: jax.Array, settings: S
     {"tokens": [B, num_frames, N, C] (the given frames unchanged, then the generated ones),
      "write_counts": [B, num_frames - n, N] how often each generated token was written}.
   """
+  return _generate(model, params, given_tokens, rng, settings, grid, context, context_mask,
+                   teacher_forced=False)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings", "grid", "num_given"))
+def generate_teacher_forced(model, params, true_tokens: jax.Array, rng: jax.Array,
+                            settings: SamplerSettings, grid: tuple[int, int],
+                            num_given: int = 1, context=None, context_mask=None) -> dict:
+  """Generates every frame f >= num_given of a true clip from the TRUE frames < f.
+
+  The one-frame-ahead view of the model (no error accumulation): frame f is sampled exactly
+  as `generate` samples it after the given frames true_tokens[:, :f] (same unmasking order,
+  noise and temperature for the same rng), but all frames come out of one program: the
+  whole true clip is prefilled into the KV cache once (frame-causal attention makes frame
+  i's keys and values depend on frames <= i only) and generated frames are never written
+  back. `settings.num_frames` must equal the clip's frame count.
+
+  Returns {"tokens": [B, T, N, C] (true frames < num_given, then the generated ones),
+           "write_counts": [B, T - num_given, N]}.
+  """
+  if settings.mode != "kv_cache":
+    raise ValueError(f"teacher-forced generation runs on the KV cache, not mode "
+                     f"{settings.mode!r}.")
+  if true_tokens.shape[1] != settings.num_frames:
+    raise ValueError(f"settings.num_frames={settings.num_frames} but the true clip has "
+                     f"{true_tokens.shape[1]} frames.")
+  return _generate(model, params, true_tokens, rng, settings, grid, context, context_mask,
+                   teacher_forced=True, num_given=num_given)
+
+
+def _generate(model, params, given_tokens, rng, settings, grid, context, context_mask, *,
+              teacher_forced: bool, num_given: int = 0) -> dict:
+  """`generate` (given_tokens = the given frames) or `generate_teacher_forced`
+  (given_tokens = the whole true clip, num_given of them kept)."""
+  true_clip = given_tokens
+  if teacher_forced:
+    given_tokens = true_clip[:, :num_given]
   b, n, num_tokens, c = given_tokens.shape
   t_total, (h, w) = settings.num_frames, grid
   if h * w != num_tokens or not 1 <= n < t_total:
@@ -152,14 +190,18 @@ def generate(model, params, given_tokens: jax.Array, rng: jax.Array, settings: S
     generated, counts = _generate_without_cache(run, given_tokens, t_total, h, w, rng,
                                                 sample_frame, frames_to_make)
   else:
-    generated, counts = _generate_with_cache(model, run, given_tokens, t_total, h, w, rng,
-                                             sample_frame, frames_to_make, frame_grid)
+    prefill = true_clip if teacher_forced else given_tokens
+    generated, counts = _generate_with_cache(model, run, prefill, t_total, h, w, rng,
+                                             sample_frame, frames_to_make, frame_grid,
+                                             write_back=not teacher_forced)
   tokens = jnp.concatenate([given_tokens, jnp.moveaxis(generated, 0, 1)], axis=1)
   return {"tokens": tokens, "write_counts": jnp.moveaxis(counts, 0, 1)}
 
 
 def _generate_with_cache(model, run, given, t_total, h, w, rng, sample_frame, frames_to_make,
-                         frame_grid):
+                         frame_grid, write_back=True):
+  """`given` [B, n, N, C] is prefilled into the cache; each generated frame is written back
+  (free-running) or not (teacher-forced: `given` is then the whole true clip)."""
   b, n, num_tokens, c = given.shape
   tc = model.transformer_config
   head_dim = tc.width // tc.num_heads
@@ -186,6 +228,8 @@ def _generate_with_cache(model, run, given, t_total, h, w, rng, sample_frame, fr
     transformer_fn = lambda tokens, is_masked: run(tokens, is_masked, positions, attn_mask,
                                                    kv_cache=cache)
     tokens, counts = sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
+    if not write_back:
+      return cache, (tokens, counts)
     _, kv = run(tokens, jnp.zeros((b, num_tokens), bool), positions, attn_mask,
                 kv_cache=cache, return_kv=True)  # the finished, clean frame once more
     cache = jax.tree_util.tree_map(

@@ -10,7 +10,7 @@ import numpy as np
 
 from videomar_jax.models import sequence
 from videomar_jax.models.videomar import VideoMAR
-from videomar_jax.sampling.generate import SamplerSettings, generate
+from videomar_jax.sampling.generate import SamplerSettings, generate, generate_teacher_forced
 from videomar_jax.tokenizers import make_tokenizer
 from videomar_jax.tokenizers.base import unit_to_video
 from videomar_jax.train import optimizer as optim_lib
@@ -99,4 +99,13 @@ class VideoGenerator:
     tokens, grid = self.tokens(given_video)
     out = generate(self.model, self.params, tokens, jax.random.key(seed), settings, grid,
                    context, context_mask)
+    return self.pixels(out["tokens"], grid), out["tokens"]
+
+  def teacher_forced(self, true_video: np.ndarray, settings: SamplerSettings, seed: int = 0,
+                     num_given: int = 1, context=None, context_mask=None):
+    """Every frame after the first `num_given` generated from the TRUE frames before it
+    (see `generate_teacher_forced`); returns (uint8 video, tokens) like `__call__`."""
+    tokens, grid = self.tokens(true_video)
+    out = generate_teacher_forced(self.model, self.params, tokens, jax.random.key(seed),
+                                  settings, grid, num_given, context, context_mask)
     return self.pixels(out["tokens"], grid), out["tokens"]

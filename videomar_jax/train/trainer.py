@@ -80,6 +80,10 @@ def validate(config: ml_collections.ConfigDict, tokenizer, mesh=None) -> None:
     if stage.resolution % stride:
       raise ValueError(f"stage {i}: resolution {stage.resolution} is not divisible by the "
                        f"tokenizer stride x patch size = {stride}.")
+    grid = stage.resolution // stride
+    if config.model.pos_embed_size and grid > config.model.pos_embed_size:
+      raise ValueError(f"stage {i}: {grid}x{grid} tokens per frame exceed the learned position "
+                       f"table (model.pos_embed_size={config.model.pos_embed_size}).")
     t = tokenizer.num_latent_frames(stage.num_frames)
     if t <= config.loss.num_cond_frames:
       raise ValueError(f"stage {i}: {t} latent frames leave nothing to predict after "
@@ -251,7 +255,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             resolution=stage.resolution, seed=config.seed + 1000 * stage_index,
             worker_count=config.data.worker_count,
             batch_rows=partition.process_batch_rows(mesh, batch_size),
-            transforms=_latent_transforms(config, tokenizer, stage))
+            transforms=_latent_transforms(config, tokenizer, stage),
+            first_frame_prob=config.data.crop_first_frame_prob)
         data_iter = iter(loader)
         if state is None:
           if meta is None:
