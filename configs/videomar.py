@@ -60,6 +60,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # tokens as MAR does (beyond the paper, which has RoPE only). Small heads get too few RoPE
   # frequencies to locate a token absolutely (docs/experiments.md).
   config.model.pos_embed_size = 0
+  # "causal" (the paper's: frames see themselves and earlier frames; the KV-cached sampler
+  # needs it) or "bidirectional" (the paper's ablation; samples with --mode=no_cache).
+  config.model.temporal_attention = "causal"
   config.model.dtype = "float32"  # computation dtype; parameters stay float32.
   config.model.scan_layers = True
   config.model.remat_policy = "none"  # none | full | dots
@@ -85,7 +88,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   # ---- Next-frame diffusion loss (DESIGN.md section 5).
   config.loss = ml_collections.ConfigDict()
-  config.loss.mode = "paper"  # paper | all_frames
+  config.loss.mode = "paper"  # paper | all_frames | mar (no next-frame loss, the ablation)
   config.loss.num_cond_frames = 1
   config.loss.mask_ratio_min = 0.7
   config.loss.mask_ratio_std = 0.25

@@ -182,3 +182,27 @@ def test_teacher_forced_frames_come_from_the_true_frames_and_free_running_from_i
   _assert_same_video(free[:, 2], on_own[:, 2])
   with pytest.raises(ValueError, match="num_frames"):
     generate_teacher_forced(model, params, true, rng, SamplerSettings(num_frames=5), (H, W))
+
+
+def test_teacher_forcing_without_cache_and_bidirectional_models():
+  """Teacher-forced kv_cache == no_cache for causal models; a bidirectional model samples
+  (free-running and teacher-forced) without a cache and refuses the cache."""
+  model, params = _model()
+  true = jax.random.normal(jax.random.key(5), (B, 3, N, model.token_dim))
+  out = {mode: generate_teacher_forced(model, params, true, jax.random.key(6),
+                                       SamplerSettings(num_frames=3, num_steps=2, mode=mode),
+                                       (H, W))["tokens"] for mode in ("kv_cache", "no_cache")}
+  _assert_same_video(out["kv_cache"], out["no_cache"])
+  for loss_mode in ("paper", "mar"):
+    config = model.config.copy_and_resolve_references()
+    config.model.temporal_attention = "bidirectional"
+    config.loss.mode = loss_mode
+    bidirectional = VideoMAR(config)
+    settings = SamplerSettings(num_frames=3, num_steps=2, mode="no_cache")
+    free = generate(bidirectional, params, true[:, :1], jax.random.key(6), settings, (H, W))
+    forced = generate_teacher_forced(bidirectional, params, true, jax.random.key(6), settings,
+                                     (H, W))
+    assert np.all(np.isfinite(free["tokens"])) and np.all(np.isfinite(forced["tokens"]))
+    with pytest.raises(ValueError, match="no KV cache"):
+      generate(bidirectional, params, true[:, :1], jax.random.key(6),
+               SamplerSettings(num_frames=3, num_steps=2), (H, W))

@@ -46,7 +46,7 @@ def sequence_shape(config: ml_collections.ConfigDict, num_frames: int,
   side = resolution // (geometry.spatial_stride * config.model.patch_size)
   n = side * side
   f = num_supervised_frames(config.loss.mode, t, config.loss.num_cond_frames)
-  s = t * n if config.loss.mode == "paper" else (t - 1 + f) * n
+  s = (t - 1 + f) * n if config.loss.mode == "all_frames" else t * n
   return {"latent_frames": t, "tokens_per_frame": n, "sequence_length": s,
           "supervised_frames": f}
 

@@ -67,6 +67,8 @@ _TEMPERATURE = flags.DEFINE_string(
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _SAVE_LATENTS = flags.DEFINE_bool("save_latents", False, "sample: also write <out>.npy.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 64, "evaluate: held-out clips.")
+_REPORT_NAME = flags.DEFINE_string("report_name", "report", "evaluate: the report's folder "
+                                   "inside the run directory.")
 _SEEDS = flags.DEFINE_string("seeds", None, "evaluate: comma-separated sampling seeds, each "
                              "scored and averaged (default: --seed).")
 _JSON = flags.DEFINE_string("json", None, "bench: where to write the figures.")
@@ -154,13 +156,16 @@ def cmd_evaluate(_):
     except ValueError:
       raise app.UsageError(f"--seeds={_SEEDS.value!r}: give comma-separated integers, e.g. "
                        "--seeds=0,1.") from None
+  sampler = None
+  if _TEMPERATURE.value != "linear":  # lists are checked against the frames in `evaluate`
+    sampler = _temperature_settings(_TEMPERATURE.value, None)
   metrics = evaluate_run(workdir, num_examples=_NUM_EXAMPLES.value,
                          num_frames=_NUM_FRAMES.value, num_steps=_NUM_STEPS.value,
-                         seeds=seeds)
+                         seeds=seeds, sampler=sampler, out_name=_REPORT_NAME.value)
   print(json.dumps({k: v for k, v in metrics.items() if k != "per_seed"}, indent=2),
         flush=True)
   print(report_summary(metrics), flush=True)
-  print(f"Report written to {os.path.join(workdir, 'report')}", flush=True)
+  print(f"Report written to {os.path.join(workdir, _REPORT_NAME.value)}", flush=True)
 
 
 def _temperature_settings(text: str, num_generated: int) -> dict:
@@ -173,7 +178,7 @@ def _temperature_settings(text: str, num_generated: int) -> dict:
                          "comma list of numbers.") from None
   if len(values) == 1:
     return {"temperature": "constant", "temperature_start": values[0]}
-  if len(values) != num_generated:
+  if num_generated is not None and len(values) != num_generated:
     raise app.UsageError(f"--temperature lists {len(values)} values for {num_generated} "
                          "generated frames.")
   return {"temperature": "list", "temperatures": values}

@@ -95,9 +95,11 @@ def _overall(per_frame: dict, pred_truth=None) -> dict:
 
 def evaluate_run(workdir: str, num_examples: int = 64, num_frames: int = 0,
                  num_steps: int = 16, seeds=(0,), seed: int | None = None,
-                 gif_scale: int = 4, num_videos: int = 8, sheet_examples: int = 6) -> dict:
+                 gif_scale: int = 4, num_videos: int = 8, sheet_examples: int = 6,
+                 sampler: dict | None = None, out_name: str = "report") -> dict:
   """Scores the run's latest checkpoint (EMA weights) on held-out clips; see the module
-  docstring. `seed` (one seed) is kept for callers of the old signature."""
+  docstring. `seed` (one seed) is kept for callers of the old signature. `sampler` holds
+  extra `SamplerSettings` fields (e.g. temperature); `out_name` the report's folder."""
   seeds = (seed,) if seed is not None else tuple(int(s) for s in seeds)
   if not seeds:
     raise ValueError("evaluate needs at least one seed.")
@@ -111,8 +113,11 @@ def evaluate_run(workdir: str, num_examples: int = 64, num_frames: int = 0,
   tokens_per_frame = (resolution // generator.stride) ** 2
   # The sampler counts latent frames; a causal tokenizer with temporal stride s decodes
   # 1 + s * (T - 1) pixel frames from T latent ones.
+  # Bidirectional models (the ablation) have no KV cache: they re-run the clip every step.
+  causal = config.model.get("temporal_attention", "causal") == "causal"
   settings = SamplerSettings(num_frames=generator.tokenizer.num_latent_frames(num_frames),
-                             num_steps=min(num_steps, tokens_per_frame))
+                             num_steps=min(num_steps, tokens_per_frame),
+                             mode="kv_cache" if causal else "no_cache", **(sampler or {}))
 
   references = {"baseline": np.repeat(video[:, :1], num_frames, axis=1),
                 "copy_previous": np.concatenate([video[:, :1], video[:, :-1]], axis=1)}
@@ -134,7 +139,7 @@ def evaluate_run(workdir: str, num_examples: int = 64, num_frames: int = 0,
     per_frame[name] = {k: np.mean([per_seed[s][name][k] for s in seeds], axis=0)
                        for k in refs["baseline"]}
 
-  out_dir = os.path.join(workdir, "report")
+  out_dir = os.path.join(workdir, out_name)
   os.makedirs(out_dir, exist_ok=True)
   for i in range(min(num_videos, num_examples)):
     gap = np.full((num_frames, resolution, 2, 3), 255, np.uint8)

@@ -5,6 +5,10 @@
   tokens in a random per-sample order. Thanks to frame-causal attention the whole clip runs
   at once; frames after k cannot influence frame k, and only frame k's masked tokens carry
   loss.
+`mar`: no next-frame loss (the paper's ablation baseline, MAR's masking applied to a whole
+  clip): every frame after the n_cond given ones is masked at one ratio r per sample
+  (ceil(r * N * (T - n_cond)) tokens of those frames, in a random order), all in one
+  sequence; the loss covers every masked token of every frame.
 `all_frames`: one sequence holding the clean frames 0..T-2 (context stream) and masked copies
   of frames n_cond..T-1 (target stream, see `models/sequence.py`). The target copy of frame j
   sees clean frames < j and itself, exactly the conditional of the paper's loss for k = j,
@@ -24,6 +28,11 @@ drawn uniformly from [0, context_noise] (and are blended towards their frame's m
 a factor drawn from [0, context_fade]) before the transformer sees them; targets stay clean,
 so the model learns to draw a clean frame from a degraded past.
 
+Temporal attention (`model.temporal_attention`): `causal` (the paper's: a frame sees itself
+and earlier frames) or `bidirectional` (the paper's ablation: frames see each other both
+ways; in `paper` mode the frames after the target frame k are still left out, since they
+would show the answer; `all_frames` needs causal attention, and so does the KV cache).
+
 All randomness is drawn up front into `LossDraws`, so tests can fix masks and noise.
 """
 
@@ -35,14 +44,16 @@ import numpy as np
 
 from videomar_jax.models import sequence
 
-LOSS_MODES = ("paper", "all_frames")
+LOSS_MODES = ("paper", "all_frames", "mar")
+TEMPORAL_ATTENTION = ("causal", "bidirectional")
 
 
 @flax.struct.dataclass
 class LossDraws:
   """The random choices of one loss evaluation. F' = 1 (paper) or T - n_cond (all_frames)."""
-  target_frame: jax.Array  # [B] int32, the paper mode's frame k (all_frames: unused, n_cond)
+  target_frame: jax.Array  # [B] int32, the paper mode's frame k (other modes: n_cond)
   token_mask: jax.Array  # [B, F', N] bool, True = masked (predicted, carries loss)
+  # F' = 1 (paper) or T - n_cond (all_frames, mar)
   timesteps: jax.Array  # [mul, B, F', N] int32 diffusion timesteps
   noise: jax.Array  # [mul, B, F', N, C] float32 diffusion noise
   drop_context: jax.Array  # [B] bool, True = use the null context
@@ -67,13 +78,23 @@ def num_supervised_frames(mode: str, num_frames: int, num_cond: int) -> int:
   return 1 if mode == "paper" else num_frames - num_cond
 
 
+def check_modes(mode: str, temporal_attention: str) -> None:
+  if mode not in LOSS_MODES:
+    raise ValueError(f"loss.mode {mode!r} not in {LOSS_MODES}.")
+  if temporal_attention not in TEMPORAL_ATTENTION:
+    raise ValueError(f"model.temporal_attention {temporal_attention!r} not in "
+                     f"{TEMPORAL_ATTENTION}.")
+  if mode == "all_frames" and temporal_attention != "causal":
+    raise ValueError("loss.mode 'all_frames' needs model.temporal_attention 'causal' (its "
+                     "clean stream would otherwise show every frame's answer).")
+
+
 def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: int,
          num_frames: int, tokens_per_frame: int, token_dim: int, diffusion_batch_mul: int,
          num_timesteps: int, context_drop_prob: float = 0.0) -> LossDraws:
   """Draws target frames, masks, diffusion timesteps and noise, and context drops."""
   mode, n_cond = loss_config.mode, loss_config.num_cond_frames
-  if mode not in LOSS_MODES:
-    raise ValueError(f"loss.mode {mode!r} not in {LOSS_MODES}.")
+  check_modes(mode, "causal")
   if not 1 <= n_cond < num_frames:
     raise ValueError(f"loss.num_cond_frames={n_cond} needs 1 <= n_cond < num_frames="
                      f"{num_frames} latent frames.")
@@ -81,12 +102,18 @@ def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: 
   f = num_supervised_frames(mode, num_frames, n_cond)
   keys = jax.random.split(rng, 6)
   target_frame = jax.random.randint(keys[0], (b,), n_cond, num_frames)
-  if mode == "all_frames":
+  if mode != "paper":
     target_frame = jnp.full((b,), n_cond, jnp.int32)
-  ratio = sample_mask_ratio(keys[1], (b * f,), loss_config.mask_ratio_min,
-                            loss_config.mask_ratio_std)
-  num_masked = jnp.clip(jnp.ceil(n * ratio).astype(jnp.int32), 1, n)
-  token_mask = random_token_mask(keys[2], num_masked, n).reshape(b, f, n)
+  if mode == "mar":  # one ratio over all the predicted frames' tokens
+    ratio = sample_mask_ratio(keys[1], (b,), loss_config.mask_ratio_min,
+                              loss_config.mask_ratio_std)
+    num_masked = jnp.clip(jnp.ceil(f * n * ratio).astype(jnp.int32), 1, f * n)
+    token_mask = random_token_mask(keys[2], num_masked, f * n).reshape(b, f, n)
+  else:
+    ratio = sample_mask_ratio(keys[1], (b * f,), loss_config.mask_ratio_min,
+                              loss_config.mask_ratio_std)
+    num_masked = jnp.clip(jnp.ceil(n * ratio).astype(jnp.int32), 1, n)
+    token_mask = random_token_mask(keys[2], num_masked, n).reshape(b, f, n)
   timesteps = jax.random.randint(keys[3], (mul, b, f, n), 0, num_timesteps)
   noise = jax.random.normal(keys[4], (mul, b, f, n, token_dim))
   drop_context = jax.random.bernoulli(keys[5], context_drop_prob, (b,))
@@ -118,9 +145,13 @@ def corrupt_context(tokens: jax.Array, draws: LossDraws, num_cond: int) -> jax.A
   return jnp.where(later, noisy, tokens)
 
 
-def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int):
-  """Static (positions [S, 3], attention mask [S, S]) of the training sequence."""
-  if mode == "paper":
+def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int,
+                    temporal_attention: str = "causal"):
+  """Static (positions [S, 3], attention mask [S, S]) of the training sequence (for
+  bidirectional attention: all ones; `paper` mode then cuts the frames after the target
+  per sample, see `conditions_and_targets`)."""
+  check_modes(mode, temporal_attention)
+  if mode in ("paper", "mar"):
     frames = np.arange(num_frames)
     is_target = np.zeros(num_frames, bool)
   else:
@@ -130,23 +161,33 @@ def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int):
   token_frames = np.repeat(frames, n).astype(np.int32)
   token_is_target = np.repeat(is_target, n)
   mask = sequence.attention_mask(token_frames, token_is_target, token_frames, token_is_target)
+  if temporal_attention == "bidirectional":
+    mask = jnp.ones_like(mask)
   return sequence.frame_positions(frames, h, w), mask
 
 
 def conditions_and_targets(model, params, tokens: jax.Array, draws: LossDraws, *, mode: str,
-                           num_cond: int, h: int, w: int, context=None, context_mask=None):
+                           num_cond: int, h: int, w: int, context=None, context_mask=None,
+                           temporal_attention: str = "causal"):
   """Runs the transformer; returns (z [B, F', N, D], targets [B, F', N, C]) of the
   supervised frames. tokens: [B, T, N, C] clean tokens of the clip."""
   b, t, n, c = tokens.shape
   if n != h * w:
     raise ValueError(f"tokens have {n} per frame, expected h*w = {h}*{w}.")
-  positions, attn_mask = sequence_layout(mode, t, num_cond, h, w)
+  positions, attn_mask = sequence_layout(mode, t, num_cond, h, w, temporal_attention)
   context_view = corrupt_context(tokens, draws, num_cond)
   if mode == "paper":
     is_target_frame = jnp.arange(t)[None, :] == draws.target_frame[:, None]  # [B, T]
     is_masked = is_target_frame[:, :, None] & draws.token_mask  # mask only frame k
     # The target frame's visible tokens are this frame's own, as when sampling: clean.
     seq = jnp.where(is_target_frame[:, :, None, None], tokens, context_view)
+    if temporal_attention == "bidirectional":  # nobody sees the frames after k
+      key_frame = jnp.repeat(jnp.arange(t), n)
+      attn_mask = attn_mask[None] & (key_frame[None, None, :] <=
+                                     draws.target_frame[:, None, None])
+  elif mode == "mar":  # the given frames clean, the later ones masked in place
+    seq = tokens
+    is_masked = jnp.concatenate([jnp.zeros((b, num_cond, n), bool), draws.token_mask], 1)
   else:
     seq = jnp.concatenate([context_view[:, :t - 1], tokens[:, num_cond:]], axis=1)
     is_masked = jnp.concatenate(
@@ -157,15 +198,19 @@ def conditions_and_targets(model, params, tokens: jax.Array, draws: LossDraws, *
   if mode == "paper":
     pick = draws.target_frame[:, None, None, None]
     return (jnp.take_along_axis(z, pick, axis=1), jnp.take_along_axis(tokens, pick, axis=1))
+  if mode == "mar":
+    return z[:, num_cond:], tokens[:, num_cond:]
   return z[:, t - 1:], tokens[:, num_cond:]
 
 
 def per_token_losses(model, params, tokens, draws: LossDraws, *, mode, num_cond, h, w,
-                     context=None, context_mask=None) -> jax.Array:
+                     context=None, context_mask=None,
+                     temporal_attention: str = "causal") -> jax.Array:
   """Diffusion loss of every token of the supervised frames, [mul, B, F', N]."""
   z, targets = conditions_and_targets(model, params, tokens, draws, mode=mode,
                                       num_cond=num_cond, h=h, w=w, context=context,
-                                      context_mask=context_mask)
+                                      context_mask=context_mask,
+                                      temporal_attention=temporal_attention)
   mul = draws.timesteps.shape[0]
   # Flatten batch-major ([B, mul, F', N] -> rows): with the batch split over devices, the
   # merged row axis keeps that split. Flattening mul-major would make every device run
@@ -178,6 +223,11 @@ def per_token_losses(model, params, tokens, draws: LossDraws, *, mode, num_cond,
   losses = model.diffusion_losses(params, flat(z), flat(targets), timesteps.reshape(-1),
                                   flat(noise))
   return jnp.swapaxes(losses.reshape(timesteps.shape), 0, 1)  # back to [mul, B, F', N]
+
+
+def temporal_attention(config) -> str:
+  """`config.model.temporal_attention` ('causal' for configs saved before it existed)."""
+  return config.model.get("temporal_attention", "causal")
 
 
 def next_frame_loss(model, params, tokens: jax.Array, rng: jax.Array, *, h: int, w: int,
@@ -195,7 +245,8 @@ def next_frame_loss(model, params, tokens: jax.Array, rng: jax.Array, *, h: int,
                num_timesteps=model.train_schedule.num_timesteps, context_drop_prob=drop_prob)
   losses = per_token_losses(model, params, tokens, draws, mode=cfg.loss.mode,
                             num_cond=cfg.loss.num_cond_frames, h=h, w=w, context=context,
-                            context_mask=context_mask)
+                            context_mask=context_mask,
+                            temporal_attention=temporal_attention(cfg))
   weights = draws.token_mask.astype(jnp.float32)
   loss = jnp.sum(losses * weights[None]) / (losses.shape[0] * jnp.sum(weights))
   return loss, {"masked_fraction": jnp.mean(weights)}

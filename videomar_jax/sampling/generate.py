@@ -113,14 +113,15 @@ def generate_teacher_forced(model, params, true_tokens: jax.Array, rng: jax.Arra
   noise and temperature for the same rng), but all frames come out of one program: the
   whole true clip is prefilled into the KV cache once (frame-causal attention makes frame
   i's keys and values depend on frames <= i only) and generated frames are never written
-  back. `settings.num_frames` must equal the clip's frame count.
+  back. In mode no_cache (and for bidirectional models, which have no cache) the true clip
+  is the sequence every step runs on. `settings.num_frames` must equal the clip's frame
+  count.
 
   Returns {"tokens": [B, T, N, C] (true frames < num_given, then the generated ones),
            "write_counts": [B, T - num_given, N]}.
   """
-  if settings.mode != "kv_cache":
-    raise ValueError(f"teacher-forced generation runs on the KV cache, not mode "
-                     f"{settings.mode!r}.")
+  if settings.mode == "next_token":
+    raise ValueError("teacher-forced generation runs in mode kv_cache or no_cache.")
   if true_tokens.shape[1] != settings.num_frames:
     raise ValueError(f"settings.num_frames={settings.num_frames} but the true clip has "
                      f"{true_tokens.shape[1]} frames.")
@@ -140,6 +141,10 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
   if h * w != num_tokens or not 1 <= n < t_total:
     raise ValueError(f"given tokens {given_tokens.shape} do not fit grid {grid} and "
                      f"num_frames={t_total} (need 1 <= given frames < num_frames).")
+  temporal = model.config.model.get("temporal_attention", "causal")
+  if temporal != "causal" and settings.mode != "no_cache":
+    raise ValueError(f"a model with {temporal} temporal attention has no KV cache: sample "
+                     "it in mode no_cache.")
   guided = context is not None and settings.cfg != 1.0
   run = _Transformer(model, params, b, guided, context, context_mask)
   plan = unmask_schedule(settings, num_tokens)
@@ -187,8 +192,10 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
 
   frames_to_make = (jnp.arange(n, t_total), jnp.asarray(temperatures))
   if settings.mode == "no_cache":
-    generated, counts = _generate_without_cache(run, given_tokens, t_total, h, w, rng,
-                                                sample_frame, frames_to_make)
+    prefill = true_clip if teacher_forced else given_tokens
+    generated, counts = _generate_without_cache(
+        run, prefill, t_total, h, w, rng, sample_frame, frames_to_make,
+        _no_cache_keys(temporal, model.config.loss.mode), write_back=not teacher_forced)
   else:
     prefill = true_clip if teacher_forced else given_tokens
     generated, counts = _generate_with_cache(model, run, prefill, t_total, h, w, rng,
@@ -241,15 +248,36 @@ def _generate_with_cache(model, run, given, t_total, h, w, rng, sample_frame, fr
   return generated, counts
 
 
-def _generate_without_cache(run, given, t_total, h, w, rng, sample_frame, frames_to_make):
+def _no_cache_keys(temporal_attention: str, loss_mode: str) -> str:
+  """Which frames the no-cache pass at frame f attends to, as the model was trained:
+  'causal' (frame-causal mask), 'up_to_current' (bidirectional, frames <= f: the paper
+  loss never shows later frames) or 'all' (bidirectional over the whole clip, later frames
+  fully masked: the `mar` loss)."""
+  if temporal_attention == "causal":
+    return "causal"
+  return "all" if loss_mode == "mar" else "up_to_current"
+
+
+def _generate_without_cache(run, given, t_total, h, w, rng, sample_frame, frames_to_make,
+                            keys: str = "causal", write_back: bool = True):
+  """Every step runs the whole clip: `given` [B, n, N, C] then masked frames (free-running:
+  generated frames are written back), or `given` = the true clip, never overwritten
+  (teacher-forced)."""
   b, n, num_tokens, c = given.shape
   positions = sequence.frame_positions(range(t_total), h, w)
-  attn_mask = sequence.frame_causal_mask(t_total, num_tokens)
+  causal_mask = sequence.frame_causal_mask(t_total, num_tokens)
+  key_frame = jnp.repeat(jnp.arange(t_total), num_tokens)
   video = jnp.concatenate([given, jnp.zeros((b, t_total - n, num_tokens, c), given.dtype)], 1)
 
   def frame(video, xs):
     f, temperature = xs
     later = (jnp.arange(t_total) > f)[None, :, None]  # unseen by frame f (causality)
+    if keys == "causal":
+      attn_mask = causal_mask
+    elif keys == "up_to_current":
+      attn_mask = jnp.broadcast_to(key_frame[None, :] <= f, causal_mask.shape)
+    else:
+      attn_mask = jnp.ones_like(causal_mask)
 
     def transformer_fn(tokens, is_masked):
       seq = jax.lax.dynamic_update_slice(video, tokens[:, None], (0, f, 0, 0))
@@ -260,7 +288,8 @@ def _generate_without_cache(run, given, t_total, h, w, rng, sample_frame, frames
       return jax.lax.dynamic_index_in_dim(z, f, axis=1, keepdims=False)
 
     tokens, counts = sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
-    video = jax.lax.dynamic_update_slice(video, tokens[:, None], (0, f, 0, 0))
+    if write_back:
+      video = jax.lax.dynamic_update_slice(video, tokens[:, None], (0, f, 0, 0))
     return video, (tokens, counts)
 
   _, (generated, counts) = jax.lax.scan(frame, video, frames_to_make)
