@@ -85,6 +85,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.head.noise_schedule = "cosine"
   config.head.num_sampling_steps = 100
   config.head.diffusion_batch_mul = 4
+  # Sampling: clip the predicted x_0 to [-c, c] at every denoising step (0 = MAR: latents
+  # are unbounded). Pixel patches (tokenizer "patch") lie in [-1, 1].
+  config.head.clip_denoised = 0.0
 
   # ---- Next-frame diffusion loss (DESIGN.md section 5).
   config.loss = ml_collections.ConfigDict()
@@ -94,9 +97,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.loss.mask_ratio_std = 0.25
   # Beyond the paper (0 = off): corrupt the context frames after the given ones in training,
   # noise std ~ U[0, context_noise], blend towards the frame's mean token ~ U[0, context_fade],
-  # so that the model meets its own imperfect frames as context (losses/next_frame.py).
+  # tokens replaced by that mean with probability ~ U[0, context_token_drop], so that the
+  # model meets its own imperfect frames as context (losses/next_frame.py).
   config.loss.context_noise = 0.0
   config.loss.context_fade = 0.0
+  config.loss.context_token_drop = 0.0
 
   # ---- Data.
   config.data = ml_collections.ConfigDict()

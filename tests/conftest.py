@@ -37,7 +37,7 @@ def small_config(**model_overrides) -> ml_collections.ConfigDict:
   config.model.rope_base = 10000.0
   config.loss.mode = "paper"
   config.loss.mask_ratio_min, config.loss.mask_ratio_std = 0.7, 0.25
-  config.loss.context_noise = config.loss.context_fade = 0.0
+  config.loss.context_noise = config.loss.context_fade = config.loss.context_token_drop = 0.0
   config.data.crop_first_frame_prob = 0.0
   config.head.width = 32
   config.head.depth = 1

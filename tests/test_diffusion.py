@@ -468,3 +468,23 @@ def _check_cfg_one_equals_unguided(temperature):
   np.testing.assert_allclose(guided, unguided, rtol=1e-5, atol=1e-5)
   stronger = g.sample(s, both_model, noise, rng, temp, cfg_scale=3.0)
   assert not np.allclose(stronger, unguided, atol=1e-3)
+
+
+def test_clipping_the_predicted_x0_keeps_samples_in_range(cosine):
+  """clip_x0 (IDDPM's clip_denoised): a network whose x_0 lies outside [-1, 1] samples
+  outside the range without clipping and at its clipped value with clip_x0=1; an x_0 inside
+  the range samples the same either way."""
+  s = g.make_schedule(T, "cosine", respacing=50)
+  noise = _rand(16, (5, 4))
+
+  def run(target, clip):
+    model = _delta_model(cosine, jnp.asarray(target))
+    return jax.jit(lambda n, r: g.p_sample_loop(s, model, n, r, 1.0, clip))(
+        noise, jax.random.key(1))
+
+  far = [3.0, -2.5, 0.4, 0.0]
+  assert float(jnp.abs(run(far, 0.0)).max()) > 2.0
+  np.testing.assert_allclose(run(far, 1.0), np.broadcast_to(np.clip(far, -1, 1), (5, 4)),
+                             atol=2e-3)
+  inside = [0.3, -0.7, 0.9, 0.0]
+  np.testing.assert_allclose(run(inside, 1.0), run(inside, 0.0), atol=1e-5)

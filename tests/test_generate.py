@@ -206,3 +206,20 @@ def test_teacher_forcing_without_cache_and_bidirectional_models():
     with pytest.raises(ValueError, match="no KV cache"):
       generate(bidirectional, params, true[:, :1], jax.random.key(6),
                SamplerSettings(num_frames=3, num_steps=2), (H, W))
+
+
+def test_context_noise_reaches_later_frames_only_and_cache_equals_no_cache():
+  model, params = _model()
+  given = _given(model)
+  out = {}
+  for noise in (0.0, 0.5):
+    for mode in ("kv_cache", "no_cache"):
+      settings = SamplerSettings(num_frames=4, num_steps=2, mode=mode, context_noise=noise)
+      out[noise, mode] = generate(model, params, given, jax.random.key(8), settings,
+                                  (H, W))["tokens"]
+  _assert_same_video(out[0.5, "kv_cache"], out[0.5, "no_cache"])
+  # Frame 1 sees only the given frame; frames 2 and 3 see noisy versions of earlier ones.
+  np.testing.assert_array_equal(out[0.5, "kv_cache"][:, 1], out[0.0, "kv_cache"][:, 1])
+  assert np.abs(out[0.5, "kv_cache"][:, 2:] - out[0.0, "kv_cache"][:, 2:]).max() > 1e-3
+  with pytest.raises(ValueError, match="context_noise"):
+    SamplerSettings(num_frames=3, context_noise=-1.0)

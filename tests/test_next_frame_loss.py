@@ -156,8 +156,9 @@ def test_context_corruption_touches_only_context_frames_after_the_given_ones(set
   clean = draw(config)
   assert clean.noise_std is None
   np.testing.assert_array_equal(next_frame.corrupt_context(tokens, clean, N_COND), tokens)
-  config.context_noise, config.context_fade = 0.5, 0.8
+  config.context_noise, config.context_fade, config.context_token_drop = 0.5, 0.8, 0.5
   noisy = draw(config)
+  assert 0 < float(np.mean(noisy.token_drop)) < 0.5
   view = next_frame.corrupt_context(tokens, noisy, N_COND)
   np.testing.assert_array_equal(view[:, :N_COND], tokens[:, :N_COND])
   assert np.all(np.abs(view[:, N_COND:] - tokens[:, N_COND:]).max(axis=(1, 2, 3)) > 0)

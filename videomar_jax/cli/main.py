@@ -65,6 +65,12 @@ _TEMPERATURE = flags.DEFINE_string(
     "temperature", "linear", "'linear' (0.95 -> 0.90), a number (constant) or a comma list "
     "(one per generated frame).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_CLIP_DENOISED = flags.DEFINE_float(
+    "clip_denoised", None, "sample/evaluate: clip the head's predicted x_0 to [-c, c] at "
+    "every denoising step (default: the model's head.clip_denoised).")
+_CONTEXT_NOISE = flags.DEFINE_float(
+    "context_noise", 0.0, "sample/evaluate: std of the noise added to each generated frame "
+    "as later frames see it (for models trained with loss.context_noise).")
 _SAVE_LATENTS = flags.DEFINE_bool("save_latents", False, "sample: also write <out>.npy.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 64, "evaluate: held-out clips.")
 _REPORT_NAME = flags.DEFINE_string("report_name", "report", "evaluate: the report's folder "
@@ -156,9 +162,9 @@ def cmd_evaluate(_):
     except ValueError:
       raise app.UsageError(f"--seeds={_SEEDS.value!r}: give comma-separated integers, e.g. "
                        "--seeds=0,1.") from None
-  sampler = None
+  sampler = {"context_noise": _CONTEXT_NOISE.value, "clip_denoised": _CLIP_DENOISED.value}
   if _TEMPERATURE.value != "linear":  # lists are checked against the frames in `evaluate`
-    sampler = _temperature_settings(_TEMPERATURE.value, None)
+    sampler.update(_temperature_settings(_TEMPERATURE.value, None))
   metrics = evaluate_run(workdir, num_examples=_NUM_EXAMPLES.value,
                          num_frames=_NUM_FRAMES.value, num_steps=_NUM_STEPS.value,
                          seeds=seeds, sampler=sampler, out_name=_REPORT_NAME.value)
@@ -224,7 +230,8 @@ def cmd_sample(_):
                                                               generator.stride)
   settings = SamplerSettings(
       num_frames=num_total, num_steps=min(_NUM_STEPS.value, tokens_per_frame),
-      cfg=_CFG.value, **_temperature_settings(_TEMPERATURE.value, num_total - num_given))
+      cfg=_CFG.value, context_noise=_CONTEXT_NOISE.value, clip_denoised=_CLIP_DENOISED.value,
+      **_temperature_settings(_TEMPERATURE.value, num_total - num_given))
   context = None if _CLASS.value is None else jnp.array([_CLASS.value])
   print(f"Checkpoint step {step}: generating {num_total - num_given} frame(s) after "
         f"{num_given} given, {settings.num_steps} steps per frame...", flush=True)

@@ -282,11 +282,13 @@ def learned_range_log_variance(s: DiffusionSchedule, var_values: Array, t: Array
 
 
 def p_mean_variance(
-    s: DiffusionSchedule, model_output: Array, x_t: Array, t: Array
+    s: DiffusionSchedule, model_output: Array, x_t: Array, t: Array, clip_x0: float = 0.0
 ) -> dict[str, Array]:
   """The model's reverse step p(x_{t-1} | x_t) from its raw output (IDDPM `p_mean_variance`).
 
-  For EPSILON prediction with LEARNED_RANGE variance and no clipping of x_0.
+  For EPSILON prediction with LEARNED_RANGE variance. `clip_x0` > 0 clips the predicted x_0
+  to [-clip_x0, clip_x0] before the posterior mean (IDDPM's `clip_denoised`, for data known
+  to lie in a range such as pixels in [-1, 1]); 0 (MAR, unbounded latents) does not clip.
 
   Args:
     s: the schedule.
@@ -306,6 +308,8 @@ def p_mean_variance(
   eps, var_values = model_output[..., :num_channels], model_output[..., num_channels:]
   log_variance = learned_range_log_variance(s, var_values, t)
   pred_xstart = predict_xstart_from_eps(s, x_t, t, eps)
+  if clip_x0:
+    pred_xstart = jnp.clip(pred_xstart, -clip_x0, clip_x0)
   mean, _, _ = q_posterior_mean_variance(s, pred_xstart, x_t, t)
   return {"mean": mean, "log_variance": log_variance, "pred_xstart": pred_xstart}
 
@@ -428,6 +432,7 @@ def p_sample(
     i: Array,
     key: Array,
     temperature: Any = 1.0,
+    clip_x0: float = 0.0,
 ) -> Array:
   """One ancestral step x_i -> x_{i-1} (IDDPM `p_sample` with MAR's temperature).
 
@@ -448,7 +453,7 @@ def p_sample(
   i = jnp.asarray(i, dtype=jnp.int32)
   t = jnp.full(x.shape[:-1], i, dtype=jnp.int32)
   timesteps = jnp.full(x.shape[:-1], s.timestep_map[i], dtype=jnp.int32)
-  out = p_mean_variance(s, model_fn(x, timesteps), x, t)
+  out = p_mean_variance(s, model_fn(x, timesteps), x, t, clip_x0)
   noise = jax.random.normal(key, x.shape, dtype=x.dtype)
   nonzero = (i != 0).astype(x.dtype)
   std = jnp.exp(0.5 * out["log_variance"])
@@ -461,6 +466,7 @@ def p_sample_loop(
     noise: Array,
     rng: Array,
     temperature: Any = 1.0,
+    clip_x0: float = 0.0,
 ) -> Array:
   """Ancestral sampling from x_{T'-1} = `noise` down to x_0 (IDDPM `p_sample_loop`).
 
@@ -480,7 +486,8 @@ def p_sample_loop(
   """
 
   def step(x, i):
-    return p_sample(s, model_fn, x, i, jax.random.fold_in(rng, i), temperature), None
+    return p_sample(s, model_fn, x, i, jax.random.fold_in(rng, i), temperature,
+                    clip_x0), None
 
   indices = jnp.arange(s.num_timesteps - 1, -1, -1, dtype=jnp.int32)
   x0, _ = jax.lax.scan(step, noise, indices)
@@ -525,6 +532,7 @@ def sample(
     rng: Array,
     temperature: Any = 1.0,
     cfg_scale: Any | None = None,
+    clip_x0: float = 0.0,
 ) -> Array:
   """Samples tokens as MAR's `DiffLoss.sample`, with or without classifier-free guidance.
 
@@ -543,10 +551,11 @@ def sample(
     x_0 of shape `noise.shape`.
   """
   if cfg_scale is None:
-    return p_sample_loop(s, model_fn, noise, rng, temperature)
+    return p_sample_loop(s, model_fn, noise, rng, temperature, clip_x0)
   temperature = jnp.asarray(temperature, dtype=jnp.float32)
   if temperature.ndim > 0:
     temperature = jnp.concatenate([temperature, temperature], axis=0)
   guided = guided_model_fn(model_fn, cfg_scale, noise.shape[-1])
-  both = p_sample_loop(s, guided, jnp.concatenate([noise, noise], axis=0), rng, temperature)
+  both = p_sample_loop(s, guided, jnp.concatenate([noise, noise], axis=0), rng, temperature,
+                       clip_x0)
   return both[: noise.shape[0]]

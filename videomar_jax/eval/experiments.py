@@ -38,12 +38,29 @@ def append_row(path: str, name: str, workdir: str, train_wall_seconds: float,
   return row
 
 
-def table(rows: list[dict]) -> str:
-  head = ["run", "config (differences)", "train min"] + [c[0] for c in COLUMNS]
+def _differences(overrides: list[str], base: list[str]) -> list[str]:
+  """`overrides` that `base` lacks or sets otherwise (key=value flags compared by key)."""
+  key = lambda o: o.split("=", 1)[0]
+  base_values = {key(o): o for o in base}
+  return [o for o in overrides if base_values.get(key(o)) != o] + [
+      f"{key(o)}=(default)" for o in base if key(o) not in {key(x) for x in overrides}]
+
+
+def table(rows: list[dict], base: str | None = None) -> str:
+  """Markdown table of the rows; with `base` (a row's name) the config column shows each
+  row's overrides relative to that row's."""
+  base_overrides = next((r["overrides"] for r in rows if r["name"] == base), None)
+  if base is not None and base_overrides is None:
+    raise ValueError(f"no row named {base!r}")
+  title = f"config (vs {base})" if base else "config"
+  head = ["run", title, "train min"] + [c[0] for c in COLUMNS]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
     m = row["metrics"]
-    cells = [row["name"], " ".join(f"`{o}`" for o in row["overrides"]),
+    overrides = row["overrides"]
+    if base_overrides is not None and row["name"] != base:
+      overrides = _differences(overrides, base_overrides)
+    cells = [row["name"], " ".join(f"`{o}`" for o in overrides),
              f"{row['train_wall_seconds'] / 60:.1f}"]
     cells += [fmt.format(m[key]) if m.get(key) is not None else "-" for _, key, fmt in COLUMNS]
     lines.append("| " + " | ".join(cells) + " |")
@@ -57,17 +74,19 @@ def main(argv=None) -> int:
   parser.add_argument("--name")
   parser.add_argument("--workdir")
   parser.add_argument("--train_wall_seconds", type=float, default=0.0)
+  parser.add_argument("--base", help="show configs relative to the row of this name")
   parser.add_argument("overrides", nargs="*", default=[])
   args, rest = parser.parse_known_args(argv)
-  overrides = [a for a in list(args.overrides) + rest if a != "--"]
-  if args.append:
+  if args.append:  # with --append every positional is an override of the run's command
+    head = [args.results] if args.results else []
+    overrides = [a for a in head + list(args.overrides) + rest if a != "--"]
     append_row(args.append, args.name, args.workdir, args.train_wall_seconds, overrides)
     return 0
   if not args.results:
     parser.error("give a results.jsonl, or --append with --name and --workdir")
   with open(args.results) as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  print(table(rows))
+  print(table(rows, args.base))
   return 0
 
 

@@ -25,8 +25,10 @@ frame after the given ones is the model's own imperfect output, while training o
 shows it true frames. With `loss.context_noise` > 0 (and/or `loss.context_fade` > 0) each
 sample's context frames after the `num_cond_frames` given ones get Gaussian noise of a std
 drawn uniformly from [0, context_noise] (and are blended towards their frame's mean token by
-a factor drawn from [0, context_fade]) before the transformer sees them; targets stay clean,
-so the model learns to draw a clean frame from a degraded past.
+a factor drawn from [0, context_fade], and/or have each token replaced by that mean token
+with a probability drawn from [0, context_token_drop]: the missing fragments of an imperfect
+frame) before the transformer sees them; targets stay clean, so the model learns to draw a
+clean frame from a degraded past.
 
 Temporal attention (`model.temporal_attention`): `causal` (the paper's: a frame sees itself
 and earlier frames) or `bidirectional` (the paper's ablation: frames see each other both
@@ -60,6 +62,7 @@ class LossDraws:
   context_noise: jax.Array | None = None  # [B, T, N, C] corruption noise of context frames
   noise_std: jax.Array | None = None  # [B] std of that noise (0 = clean context)
   fade: jax.Array | None = None  # [B] blend of context frames towards their mean token
+  token_drop: jax.Array | None = None  # [B, T, N] bool: context token -> frame mean token
 
 
 def random_token_mask(rng: jax.Array, num_masked: jax.Array, num_tokens: int) -> jax.Array:
@@ -118,17 +121,20 @@ def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: 
   noise = jax.random.normal(keys[4], (mul, b, f, n, token_dim))
   drop_context = jax.random.bernoulli(keys[5], context_drop_prob, (b,))
   draws = LossDraws(target_frame, token_mask, timesteps, noise, drop_context)
-  noise_max, fade_max = loss_config.get("context_noise", 0.0), loss_config.get("context_fade",
-                                                                               0.0)
-  if noise_max < 0 or not 0 <= fade_max <= 1:
-    raise ValueError(f"loss.context_noise={noise_max} must be >= 0 and loss.context_fade="
-                     f"{fade_max} in [0, 1].")
-  if noise_max > 0 or fade_max > 0:
-    corrupt = jax.random.split(jax.random.fold_in(rng, 7), 3)
+  noise_max = loss_config.get("context_noise", 0.0)
+  fade_max = loss_config.get("context_fade", 0.0)
+  drop_max = loss_config.get("context_token_drop", 0.0)
+  if noise_max < 0 or not 0 <= fade_max <= 1 or not 0 <= drop_max <= 1:
+    raise ValueError(f"loss.context_noise={noise_max} must be >= 0, loss.context_fade="
+                     f"{fade_max} and loss.context_token_drop={drop_max} in [0, 1].")
+  if noise_max > 0 or fade_max > 0 or drop_max > 0:
+    corrupt = jax.random.split(jax.random.fold_in(rng, 7), 5)
+    drop_prob = drop_max * jax.random.uniform(corrupt[3], (b, 1, 1))
     draws = draws.replace(
         context_noise=jax.random.normal(corrupt[0], (b, num_frames, n, token_dim)),
         noise_std=noise_max * jax.random.uniform(corrupt[1], (b,)),
-        fade=fade_max * jax.random.uniform(corrupt[2], (b,)))
+        fade=fade_max * jax.random.uniform(corrupt[2], (b,)),
+        token_drop=jax.random.uniform(corrupt[4], (b, num_frames, n)) < drop_prob)
   return draws
 
 
@@ -139,7 +145,9 @@ def corrupt_context(tokens: jax.Array, draws: LossDraws, num_cond: int) -> jax.A
   if draws.noise_std is None:
     return tokens
   fade = draws.fade[:, None, None, None]
-  faded = tokens + fade * (jnp.mean(tokens, axis=2, keepdims=True) - tokens)
+  mean = jnp.mean(tokens, axis=2, keepdims=True)
+  faded = tokens + fade * (mean - tokens)
+  faded = jnp.where(draws.token_drop[..., None], mean, faded)
   noisy = faded + draws.noise_std[:, None, None, None] * draws.context_noise
   later = (jnp.arange(tokens.shape[1]) >= num_cond)[None, :, None, None]
   return jnp.where(later, noisy, tokens)

@@ -46,10 +46,27 @@ class SamplerSettings:
   temperature_end: float = 0.90
   temperatures: tuple[float, ...] = ()  # for temperature="list", one per generated frame
   clip_latents: float = 0.0  # > 0: clip generated tokens to [-clip, clip]
+  # > 0: std of Gaussian noise added to each generated frame as later frames see it (the
+  # returned tokens stay clean): for models trained with loss.context_noise, so that their
+  # own frames look like the noisy context they learned from.
+  context_noise: float = 0.0
+  # Clip the diffusion head's predicted x_0 to [-c, c] at every denoising step (IDDPM's
+  # clip_denoised); None = the model's `head.clip_denoised` (0 = MAR: no clipping).
+  clip_denoised: float | None = None
 
   def __post_init__(self):
     if self.mode not in SAMPLER_MODES:
       raise ValueError(f"sampler mode {self.mode!r} not in {SAMPLER_MODES}.")
+    if self.context_noise < 0:
+      raise ValueError(f"context_noise={self.context_noise} must be >= 0.")
+
+
+def as_context(tokens: jax.Array, settings: SamplerSettings, rng_f: jax.Array) -> jax.Array:
+  """A finished generated frame [B, N, C] as the later frames see it (see context_noise)."""
+  if settings.context_noise <= 0:
+    return tokens
+  noise = jax.random.normal(jax.random.fold_in(rng_f, (1 << 20) + 1), tokens.shape)
+  return tokens + settings.context_noise * noise.astype(tokens.dtype)
 
 
 def unmask_schedule(settings: SamplerSettings, num_tokens: int) -> schedules.UnmaskSchedule:
@@ -154,6 +171,8 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
       settings.temperatures)
   cfg_per_step = 1.0 + (settings.cfg - 1.0) * (num_tokens - plan.next_masked) / num_tokens
   width = plan.max_revealed
+  clip_x0 = (settings.clip_denoised if settings.clip_denoised is not None
+             else model.config.head.get("clip_denoised", 0.0))
   frame_grid = jnp.asarray(sequence.frame_positions([0], h, w))  # [N, 3] at frame 0
 
   def sample_frame(rng_f, temperature, transformer_fn):
@@ -173,7 +192,8 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
       noise = jax.random.normal(jax.random.fold_in(rng_s, 0), (b * width, c))
       x = gaussian.sample(model.sample_schedule, model.head_fn(params, z_sel.reshape(
           -1, z_sel.shape[-1])), noise, jax.random.fold_in(rng_s, 1), temperature=temperature,
-                          cfg_scale=cfg if guided else None).reshape(b, width, c)
+                          cfg_scale=cfg if guided else None,
+                          clip_x0=clip_x0).reshape(b, width, c)
       if settings.clip_latents > 0:
         x = jnp.clip(x, -settings.clip_latents, settings.clip_latents)
       write = jnp.where(slot[None, :] < revealed, index, num_tokens)  # padding -> dropped
@@ -194,19 +214,19 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
   if settings.mode == "no_cache":
     prefill = true_clip if teacher_forced else given_tokens
     generated, counts = _generate_without_cache(
-        run, prefill, t_total, h, w, rng, sample_frame, frames_to_make,
+        run, prefill, t_total, h, w, rng, sample_frame, frames_to_make, settings,
         _no_cache_keys(temporal, model.config.loss.mode), write_back=not teacher_forced)
   else:
     prefill = true_clip if teacher_forced else given_tokens
     generated, counts = _generate_with_cache(model, run, prefill, t_total, h, w, rng,
                                              sample_frame, frames_to_make, frame_grid,
-                                             write_back=not teacher_forced)
+                                             settings, write_back=not teacher_forced)
   tokens = jnp.concatenate([given_tokens, jnp.moveaxis(generated, 0, 1)], axis=1)
   return {"tokens": tokens, "write_counts": jnp.moveaxis(counts, 0, 1)}
 
 
 def _generate_with_cache(model, run, given, t_total, h, w, rng, sample_frame, frames_to_make,
-                         frame_grid, write_back=True):
+                         frame_grid, settings, write_back=True):
   """`given` [B, n, N, C] is prefilled into the cache; each generated frame is written back
   (free-running) or not (teacher-forced: `given` is then the whole true clip)."""
   b, n, num_tokens, c = given.shape
@@ -237,8 +257,9 @@ def _generate_with_cache(model, run, given, t_total, h, w, rng, sample_frame, fr
     tokens, counts = sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
     if not write_back:
       return cache, (tokens, counts)
-    _, kv = run(tokens, jnp.zeros((b, num_tokens), bool), positions, attn_mask,
-                kv_cache=cache, return_kv=True)  # the finished, clean frame once more
+    context = as_context(tokens, settings, jax.random.fold_in(rng, f))
+    _, kv = run(context, jnp.zeros((b, num_tokens), bool), positions, attn_mask,
+                kv_cache=cache, return_kv=True)  # the finished frame once more
     cache = jax.tree_util.tree_map(
         lambda buf, new: jax.lax.dynamic_update_slice(
             buf, new.astype(buf.dtype), (0, 0, f * num_tokens, 0, 0)), cache, kv)
@@ -259,7 +280,7 @@ def _no_cache_keys(temporal_attention: str, loss_mode: str) -> str:
 
 
 def _generate_without_cache(run, given, t_total, h, w, rng, sample_frame, frames_to_make,
-                            keys: str = "causal", write_back: bool = True):
+                            settings, keys: str = "causal", write_back: bool = True):
   """Every step runs the whole clip: `given` [B, n, N, C] then masked frames (free-running:
   generated frames are written back), or `given` = the true clip, never overwritten
   (teacher-forced)."""
@@ -289,7 +310,8 @@ def _generate_without_cache(run, given, t_total, h, w, rng, sample_frame, frames
 
     tokens, counts = sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
     if write_back:
-      video = jax.lax.dynamic_update_slice(video, tokens[:, None], (0, f, 0, 0))
+      context = as_context(tokens, settings, jax.random.fold_in(rng, f))
+      video = jax.lax.dynamic_update_slice(video, context[:, None], (0, f, 0, 0))
     return video, (tokens, counts)
 
   _, (generated, counts) = jax.lax.scan(frame, video, frames_to_make)
