@@ -12,6 +12,6 @@ mkdir -p "$WORKDIR"
 videomar data build --dataset=bouncing_balls --data_dir="$WORKDIR/data"
 videomar train --config=configs/videomar.py:tiny --workdir="$WORKDIR" \
   --config.data.data_dir="$WORKDIR/data" "$@"
-videomar evaluate --workdir="$WORKDIR" --num_examples=64 --seeds=0,1
+videomar evaluate --workdir="$WORKDIR" --num_examples=64 --seeds=0,1 --num_steps=8
 echo "[quickstart] done: report in $WORKDIR/report, checkpoints in $WORKDIR/checkpoints," \
   "TensorBoard logs in $WORKDIR/tensorboard"
