@@ -146,8 +146,11 @@ def _cli(*args):
 
 
 def test_verify_command_line(tmp_path):
+  # The tiny preset resized to the checkpoint below (small_config's paper-method model).
   config_flags = [f"--config={REPO}/configs/videomar.py:tiny", "--config.model.width=32",
-                  "--config.model.num_heads=2", "--config.head.width=32"]
+                  "--config.model.num_heads=2", "--config.head.width=32",
+                  "--config.model.depth=2", "--config.head.depth=3",
+                  "--config.model.pos_embed_size=0", "--config.model.rope_base=10000"]
   config = small_config()
   config.model.depth, config.model.scan_layers, config.head.depth = 2, False, 3
   _torch_checkpoint(config, tmp_path / "model.pt")

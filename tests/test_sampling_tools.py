@@ -111,7 +111,7 @@ def test_train_then_sample_and_evaluate_from_the_command_line(tmp_path):
                   f"--config.data.data_dir={tmp_path}/data", "--config.data.num_train_clips=16",
                   "--config.data.num_test_clips=4", "--config.data.num_frames=6",
                   "--config.data.resolution=16", "--config.batch_size=4",
-                  "--config.model.width=32", "--config.head.width=32",
+                  "--config.model.width=32", "--config.model.depth=2", "--config.head.width=32",
                   "--config.head.num_sampling_steps=10", "--config.stages[0].steps=2",
                   "--config.stages[0].resolution=16", "--config.stages[0].num_frames=3",
                   "--config.stages[1].steps=2", "--config.stages[1].resolution=16",
