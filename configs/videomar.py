@@ -46,7 +46,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.tokenizer.checkpoint = ""  # cosmos: tokenizer directory
   config.tokenizer.dtype = ""  # cosmos: compute dtype ("" = as stored)
 
-  # ---- Transformer (DESIGN.md section 3).
+  # ---- Transformer.
   config.model = ml_collections.ConfigDict()
   config.model.width = width
   config.model.depth = depth
@@ -77,7 +77,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.model.context.length = 0  # text tokens L
   config.model.context.drop_prob = 0.1  # replaced by the learned null context (CFG)
 
-  # ---- Diffusion head (DESIGN.md section 4, MAR's DiffLoss).
+  # ---- Diffusion head, MAR's DiffLoss.
   config.head = ml_collections.ConfigDict()
   config.head.width = head_width
   config.head.depth = head_depth
@@ -89,7 +89,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # are unbounded). Pixel patches (tokenizer "patch") lie in [-1, 1].
   config.head.clip_denoised = 0.0
 
-  # ---- Next-frame diffusion loss (DESIGN.md section 5).
+  # ---- Next-frame diffusion loss.
   config.loss = ml_collections.ConfigDict()
   config.loss.mode = "paper"  # paper | all_frames | mar (no next-frame loss, the ablation)
   config.loss.num_cond_frames = 1
@@ -129,7 +129,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       ml_collections.ConfigDict(dict(num_frames=8, resolution=32, steps=300, batch_size=0)),
   ]
 
-  # ---- Optimiser (DESIGN.md section 5).
+  # ---- Optimiser.
   config.optim = ml_collections.ConfigDict()
   config.optim.base_lr = 1e-4  # per 256 examples: lr = base_lr * batch_size / 256
   config.optim.lr = 0.0  # > 0 overrides the batch-size scaling

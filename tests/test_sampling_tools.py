@@ -179,3 +179,6 @@ def test_train_then_sample_and_evaluate_from_the_command_line(tmp_path):
   assert len(glob.glob(f"{workdir}/report/example_*_generated_vs_truth.gif")) == 2
   result = _cli("evaluate", f"--workdir={workdir}", "--seeds=0,x")
   assert result.returncode != 0 and "--seeds" in result.stderr
+  result = _cli("evaluate", f"--workdir={workdir}", "--num_examples=2", "--temperature=0.9,0.8")
+  assert result.returncode != 0 and "generates 3 frames" in result.stderr
+  assert "Traceback" not in result.stderr

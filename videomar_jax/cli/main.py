@@ -153,7 +153,7 @@ def cmd_info(_):
 
 
 def cmd_evaluate(_):
-  from videomar_jax.eval.report import evaluate_run, report_summary  # pylint: disable=g-import-not-at-top
+  from videomar_jax.eval.report import EvaluateInputError, evaluate_run, report_summary  # pylint: disable=g-import-not-at-top
   workdir = _require(_WORKDIR, "evaluate")
   seeds = (_SEED.value,)
   if _SEEDS.value:
@@ -165,9 +165,12 @@ def cmd_evaluate(_):
   sampler = {"context_noise": _CONTEXT_NOISE.value, "clip_denoised": _CLIP_DENOISED.value}
   if _TEMPERATURE.value != "linear":  # lists are checked against the frames in `evaluate`
     sampler.update(_temperature_settings(_TEMPERATURE.value, None))
-  metrics = evaluate_run(workdir, num_examples=_NUM_EXAMPLES.value,
-                         num_frames=_NUM_FRAMES.value, num_steps=_NUM_STEPS.value,
-                         seeds=seeds, sampler=sampler, out_name=_REPORT_NAME.value)
+  try:
+    metrics = evaluate_run(workdir, num_examples=_NUM_EXAMPLES.value,
+                           num_frames=_NUM_FRAMES.value, num_steps=_NUM_STEPS.value,
+                           seeds=seeds, sampler=sampler, out_name=_REPORT_NAME.value)
+  except EvaluateInputError as e:
+    raise app.UsageError(str(e)) from None
   print(json.dumps({k: v for k, v in metrics.items() if k != "per_seed"}, indent=2),
         flush=True)
   print(report_summary(metrics), flush=True)

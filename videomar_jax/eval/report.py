@@ -38,6 +38,10 @@ from videomar_jax.sampling.generate import SamplerSettings
 from videomar_jax.sampling.pipeline import VideoGenerator, load_checkpoint
 from videomar_jax.train.trainer import open_dataset
 
+class EvaluateInputError(ValueError):
+  """Settings that do not fit the run being evaluated (the CLI prints the message alone)."""
+
+
 # name in metrics.json -> label in plots
 METHODS = {"model": "VideoMAR, free-running", "teacher_forced": "VideoMAR, teacher-forced",
            "baseline": "copy first frame", "copy_previous": "copy true previous frame"}
@@ -118,6 +122,10 @@ def evaluate_run(workdir: str, num_examples: int = 64, num_frames: int = 0,
   settings = SamplerSettings(num_frames=generator.tokenizer.num_latent_frames(num_frames),
                              num_steps=min(num_steps, tokens_per_frame),
                              mode="kv_cache" if causal else "no_cache", **(sampler or {}))
+  num_generated = settings.num_frames - 1
+  if settings.temperature == "list" and len(settings.temperatures) != num_generated:
+    raise EvaluateInputError(f"--temperature lists {len(settings.temperatures)} values; this "
+                             f"run generates {num_generated} frames after the given one.")
 
   references = {"baseline": np.repeat(video[:, :1], num_frames, axis=1),
                 "copy_previous": np.concatenate([video[:, :1], video[:, :-1]], axis=1)}

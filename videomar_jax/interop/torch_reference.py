@@ -1,7 +1,7 @@
 """PyTorch reference implementation of the VideoMAR network, for checking the JAX model.
 
-This module re-implements, independently of the JAX code and in plain PyTorch, the network that
-DESIGN.md sections 3 to 5 describe:
+This module re-implements, independently of the JAX code and in plain PyTorch, the network
+of `videomar_jax/models/` and its loss:
 
 * the Step-Video-T2V transformer block used without a diffusion timestep (a learned
   ``scale_shift_table`` gives the six modulation vectors), with per-head q/k RMSNorm, 3D RoPE on

@@ -1,4 +1,4 @@
-"""Next-frame diffusion loss (DESIGN.md section 5), in two modes.
+"""Next-frame diffusion loss, in three modes.
 
 `paper`: per sample a target frame k in [n_cond, T-1]; frames before k are clean, frame k is
   masked at ratio r ~ truncated normal on [mask_ratio_min, 1] (mean 1, std 0.25), ceil(N*r)

@@ -1,4 +1,4 @@
-"""Self- and cross-attention of the Step-Video block (DESIGN.md section 3).
+"""Self- and cross-attention of the Step-Video block.
 
 Parameter layout follows Step-Video so PyTorch weights map one to one: the fused `wqkv`
 kernel is [D, heads, 3, head_dim] (PyTorch's output features ordered head, q/k/v,

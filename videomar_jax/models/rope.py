@@ -1,4 +1,4 @@
-"""3D rotary position embedding (Step-Video's RoPE3D, DESIGN.md section 3).
+"""3D rotary position embedding (Step-Video's RoPE3D).
 
 Each head's channels are split into three parts for the (frame, row, column) axes; each part
 gets ordinary 1D rotate-half RoPE on its integer index. There is no learned position table,

@@ -1,4 +1,4 @@
-"""The VideoMAR transformer (DESIGN.md section 3): tokens -> per-token conditions z.
+"""The VideoMAR transformer: tokens -> per-token conditions z.
 
 `z_proj` embeds the (patchified latent) tokens, masked positions take one learned
 `mask_token`, a stack of Step-Video blocks with frame-causal self-attention (3D RoPE, no

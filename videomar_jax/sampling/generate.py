@@ -1,4 +1,4 @@
-"""`generate`: the whole video as one compiled program (DESIGN.md section 6).
+"""`generate`: the whole video as one compiled program.
 
 1. Prefill: the given (clean) frames run once; every layer's keys and values go into a
    preallocated cache of `num_frames * N` slots per layer.

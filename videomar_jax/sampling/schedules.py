@@ -1,5 +1,5 @@
 """Static schedules of the sampler: how many tokens each step reveals, and per-frame
-temperatures (DESIGN.md section 6).
+temperatures.
 
 Everything here is computed with numpy from static sizes, so the compiled sampler's shapes
 never depend on traced values.

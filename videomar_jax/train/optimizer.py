@@ -1,4 +1,4 @@
-"""AdamW with MAR/VideoMAR's settings (DESIGN.md section 5).
+"""AdamW with MAR/VideoMAR's settings.
 
 lr = base_lr * batch_size / 256 (or an explicit `optim.lr`), linear warmup then constant or
 cosine decay, global-norm gradient clipping, weight decay only on weight matrices: biases,
