@@ -102,6 +102,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.loss.context_noise = 0.0
   config.loss.context_fade = 0.0
   config.loss.context_token_drop = 0.0
+  # Beyond the paper (0 = off; all_frames mode): for this fraction of the samples the context
+  # frames after the given ones are the model's own gradient-free prediction of them (every
+  # token masked, the head sampled in own_context_steps denoising steps), so that training
+  # shows it the kind of frame it will condition on when generating (losses/next_frame.py).
+  config.loss.own_context_prob = 0.0
+  config.loss.own_context_steps = 10
 
   # ---- Data.
   config.data = ml_collections.ConfigDict()

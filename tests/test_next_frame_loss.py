@@ -228,3 +228,71 @@ def test_mar_mode_masks_every_later_frame_at_one_ratio_and_supervises_them_all(s
   z_changed, _ = next_frame.conditions_and_targets(
       model, params, tokens.at[:, 3].add(1.0), draws, mode="mar", num_cond=N_COND, h=H, w=W)
   np.testing.assert_allclose(z_changed[:, 0], z[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_own_context_replaces_later_context_frames_with_the_models_predictions(setup):
+  """loss.own_context_prob: the selected samples see the model's own (gradient-free)
+  predictions as context frames >= num_cond; the others, the first supervised frame (whose
+  only context is the given frame) and the targets are unchanged."""
+  model, params, tokens = setup
+  clean = _loss_draws(model, "all_frames")
+  own = _loss_draws(model, "all_frames", own_context_prob=1.0, own_context_steps=3)
+  assert own.own_context.shape == (B,) and bool(np.all(own.own_context))
+  np.testing.assert_array_equal(own.token_mask, clean.token_mask)
+  run = jax.jit(lambda draws: next_frame.conditions_and_targets(
+      model, params, tokens, draws, mode="all_frames", num_cond=N_COND, h=H, w=W,
+      own_context_steps=3))
+  (z_clean, t_clean), (z_own, t_own) = run(clean), run(own)
+  np.testing.assert_array_equal(t_own, t_clean)
+  np.testing.assert_allclose(z_own[:, 0], z_clean[:, 0], rtol=1e-5, atol=1e-6)
+  assert np.abs(z_own[:, 1:] - z_clean[:, 1:]).max() > 1e-4
+  # Only the selected samples change.
+  half = own.replace(own_context=jnp.array([True, False]))
+  z_half = run(half)[0]
+  np.testing.assert_allclose(z_half[1], z_clean[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(z_half[0], z_own[0], rtol=1e-5, atol=1e-6)
+  # The predictions are what `own_predictions` returns: finite, one per frame 1..T-2.
+  positions, mask = next_frame.sequence_layout("all_frames", T, N_COND, H, W)
+  guess = jax.jit(lambda draws: next_frame.own_predictions(
+      model, params, tokens, draws, num_cond=N_COND, num_steps=3, positions=positions,
+      attn_mask=mask))(own)
+  assert guess.shape == (B, T - 1 - N_COND, N, model.token_dim)
+  assert np.all(np.isfinite(guess))
+  # No gradient reaches the parameters through the prediction pass: the loss's gradient
+  # with own context equals the gradient with the predictions fed in as a constant.
+  def loss_with(draws, fixed_context=None):
+    def f(p):
+      if fixed_context is None:
+        losses = next_frame.per_token_losses(model, p, tokens, draws, mode="all_frames",
+                                             num_cond=N_COND, h=H, w=W, own_context_steps=3)
+      else:  # the same sequence, its context frames given from outside
+        seq = jnp.concatenate([fixed_context, tokens[:, N_COND:]], axis=1)
+        is_masked = jnp.concatenate([jnp.zeros((B, T - 1, N), bool), draws.token_mask], 1)
+        z = model.encode(p, seq.reshape(B, -1, model.token_dim), is_masked.reshape(B, -1),
+                         positions, mask).reshape(B, -1, N, model.config.model.width)
+        mul = draws.timesteps.shape[0]
+        zz = jnp.broadcast_to(z[:, None, T - 1:], (B, mul, T - N_COND, N, z.shape[-1]))
+        tt = jnp.broadcast_to(tokens[:, None, N_COND:], zz.shape[:-1] + (model.token_dim,))
+        losses = model.diffusion_losses(
+            p, zz.reshape(-1, zz.shape[-1]), tt.reshape(-1, model.token_dim),
+            jnp.swapaxes(draws.timesteps, 0, 1).reshape(-1),
+            jnp.swapaxes(draws.noise, 0, 1).reshape(-1, model.token_dim))
+        losses = jnp.swapaxes(losses.reshape((B, mul, T - N_COND, N)), 0, 1)
+      return jnp.sum(losses * draws.token_mask[None])
+    return jax.jit(jax.grad(f))(params)
+  fixed = jnp.concatenate([tokens[:, :N_COND], guess], axis=1)
+  for a, b in zip(jax.tree_util.tree_leaves(loss_with(own)),
+                  jax.tree_util.tree_leaves(loss_with(own, fixed))):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(own_context_prob=1.5), "own_context_prob"),
+    (dict(own_context_prob=0.5, own_context_steps=0), "own_context_steps"),
+])
+def test_own_context_settings_are_checked(setup, overrides, message):
+  model = setup[0]
+  with pytest.raises(ValueError, match=message):
+    _loss_draws(model, "all_frames", **overrides)
+  with pytest.raises(ValueError, match="all_frames"):
+    _loss_draws(model, "paper", own_context_prob=0.5)

@@ -30,6 +30,14 @@ with a probability drawn from [0, context_token_drop]: the missing fragments of 
 frame) before the transformer sees them; targets stay clean, so the model learns to draw a
 clean frame from a degraded past.
 
+Own-frame context (beyond the paper; off by default; all_frames mode): corruption by
+formula does not look like the model's own mistakes (misplaced fragments, mixed colours,
+speckle). With `loss.own_context_prob` > 0 a first, gradient-free pass predicts every
+supervised frame from the true frames before it with all of its tokens masked, the head
+samples those tokens in `loss.own_context_steps` denoising steps, and for that fraction of
+the samples these predictions replace the context frames after the given ones in the pass
+that carries the loss (scheduled sampling, one frame deep). Targets stay clean.
+
 Temporal attention (`model.temporal_attention`): `causal` (the paper's: a frame sees itself
 and earlier frames) or `bidirectional` (the paper's ablation: frames see each other both
 ways; in `paper` mode the frames after the target frame k are still left out, since they
@@ -44,6 +52,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from videomar_jax.diffusion import gaussian
 from videomar_jax.models import sequence
 
 LOSS_MODES = ("paper", "all_frames", "mar")
@@ -63,6 +72,8 @@ class LossDraws:
   noise_std: jax.Array | None = None  # [B] std of that noise (0 = clean context)
   fade: jax.Array | None = None  # [B] blend of context frames towards their mean token
   token_drop: jax.Array | None = None  # [B, T, N] bool: context token -> frame mean token
+  own_context: jax.Array | None = None  # [B] bool: context frames = the model's predictions
+  own_context_rng: jax.Array | None = None  # PRNG key of that prediction's head sampling
 
 
 def random_token_mask(rng: jax.Array, num_masked: jax.Array, num_tokens: int) -> jax.Array:
@@ -135,6 +146,17 @@ def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: 
         noise_std=noise_max * jax.random.uniform(corrupt[1], (b,)),
         fade=fade_max * jax.random.uniform(corrupt[2], (b,)),
         token_drop=jax.random.uniform(corrupt[4], (b, num_frames, n)) < drop_prob)
+  own_prob = loss_config.get("own_context_prob", 0.0)
+  if not 0 <= own_prob <= 1:
+    raise ValueError(f"loss.own_context_prob={own_prob} must be in [0, 1].")
+  if own_prob > 0:
+    if mode != "all_frames":
+      raise ValueError(f"loss.own_context_prob > 0 needs loss.mode 'all_frames', not {mode!r}.")
+    if loss_config.get("own_context_steps", 0) < 1:
+      raise ValueError("loss.own_context_steps must be >= 1 when loss.own_context_prob > 0.")
+    own = jax.random.split(jax.random.fold_in(rng, 8))
+    draws = draws.replace(own_context=jax.random.bernoulli(own[0], own_prob, (b,)),
+                          own_context_rng=own[1])
   return draws
 
 
@@ -151,6 +173,29 @@ def corrupt_context(tokens: jax.Array, draws: LossDraws, num_cond: int) -> jax.A
   noisy = faded + draws.noise_std[:, None, None, None] * draws.context_noise
   later = (jnp.arange(tokens.shape[1]) >= num_cond)[None, :, None, None]
   return jnp.where(later, noisy, tokens)
+
+
+def own_predictions(model, params, tokens: jax.Array, draws: LossDraws, *, num_cond: int,
+                    num_steps: int, positions, attn_mask, context=None, context_mask=None):
+  """The model's own guess of every frame n_cond..T-2 from the true frames before it:
+  the all-frames sequence with every target token masked, each token sampled by the head in
+  `num_steps` denoising steps (temperature 1). No gradient flows through it. Returns
+  [B, T - 1 - n_cond, N, C]."""
+  b, t, n, c = tokens.shape
+  params = jax.lax.stop_gradient(params)
+  seq = jnp.concatenate([tokens[:, :t - 1], tokens[:, num_cond:]], axis=1)
+  is_masked = jnp.concatenate([jnp.zeros((b, t - 1, n), bool),
+                               jnp.ones((b, t - num_cond, n), bool)], axis=1)
+  z = model.encode(params, seq.reshape(b, -1, c), is_masked.reshape(b, -1), positions,
+                   attn_mask, context, context_mask, draws.drop_context)
+  z = z.reshape(b, -1, n, z.shape[-1])[:, t - 1:2 * t - 2 - num_cond]  # frames n_cond..T-2
+  schedule = gaussian.make_schedule(model.train_schedule.num_timesteps,
+                                    model.config.head.noise_schedule, respacing=num_steps)
+  rng_noise, rng_steps = jax.random.split(draws.own_context_rng)
+  flat_z = z.reshape(-1, z.shape[-1])
+  noise = jax.random.normal(rng_noise, (flat_z.shape[0], c), tokens.dtype)
+  x = gaussian.p_sample_loop(schedule, model.head_fn(params, flat_z), noise, rng_steps)
+  return jax.lax.stop_gradient(x.reshape(z.shape[:-1] + (c,)).astype(tokens.dtype))
 
 
 def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int,
@@ -176,9 +221,10 @@ def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int,
 
 def conditions_and_targets(model, params, tokens: jax.Array, draws: LossDraws, *, mode: str,
                            num_cond: int, h: int, w: int, context=None, context_mask=None,
-                           temporal_attention: str = "causal"):
+                           temporal_attention: str = "causal", own_context_steps: int = 10):
   """Runs the transformer; returns (z [B, F', N, D], targets [B, F', N, C]) of the
-  supervised frames. tokens: [B, T, N, C] clean tokens of the clip."""
+  supervised frames. tokens: [B, T, N, C] clean tokens of the clip. `own_context_steps`:
+  the head's denoising steps of the own-frame context (used when the draws ask for it)."""
   b, t, n, c = tokens.shape
   if n != h * w:
     raise ValueError(f"tokens have {n} per frame, expected h*w = {h}*{w}.")
@@ -197,7 +243,14 @@ def conditions_and_targets(model, params, tokens: jax.Array, draws: LossDraws, *
     seq = tokens
     is_masked = jnp.concatenate([jnp.zeros((b, num_cond, n), bool), draws.token_mask], 1)
   else:
-    seq = jnp.concatenate([context_view[:, :t - 1], tokens[:, num_cond:]], axis=1)
+    context_view = context_view[:, :t - 1]
+    if draws.own_context is not None and t - 1 > num_cond:
+      own = own_predictions(model, params, tokens, draws, num_cond=num_cond,
+                            num_steps=own_context_steps, positions=positions,
+                            attn_mask=attn_mask, context=context, context_mask=context_mask)
+      own = jnp.concatenate([tokens[:, :num_cond], own], axis=1)
+      context_view = jnp.where(draws.own_context[:, None, None, None], own, context_view)
+    seq = jnp.concatenate([context_view, tokens[:, num_cond:]], axis=1)
     is_masked = jnp.concatenate(
         [jnp.zeros((b, t - 1, n), bool), draws.token_mask], axis=1)
   z = model.encode(params, seq.reshape(b, -1, c), is_masked.reshape(b, -1), positions,
@@ -212,13 +265,14 @@ def conditions_and_targets(model, params, tokens: jax.Array, draws: LossDraws, *
 
 
 def per_token_losses(model, params, tokens, draws: LossDraws, *, mode, num_cond, h, w,
-                     context=None, context_mask=None,
-                     temporal_attention: str = "causal") -> jax.Array:
+                     context=None, context_mask=None, temporal_attention: str = "causal",
+                     own_context_steps: int = 10) -> jax.Array:
   """Diffusion loss of every token of the supervised frames, [mul, B, F', N]."""
   z, targets = conditions_and_targets(model, params, tokens, draws, mode=mode,
                                       num_cond=num_cond, h=h, w=w, context=context,
                                       context_mask=context_mask,
-                                      temporal_attention=temporal_attention)
+                                      temporal_attention=temporal_attention,
+                                      own_context_steps=own_context_steps)
   mul = draws.timesteps.shape[0]
   # Flatten batch-major ([B, mul, F', N] -> rows): with the batch split over devices, the
   # merged row axis keeps that split. Flattening mul-major would make every device run
@@ -254,7 +308,8 @@ def next_frame_loss(model, params, tokens: jax.Array, rng: jax.Array, *, h: int,
   losses = per_token_losses(model, params, tokens, draws, mode=cfg.loss.mode,
                             num_cond=cfg.loss.num_cond_frames, h=h, w=w, context=context,
                             context_mask=context_mask,
-                            temporal_attention=temporal_attention(cfg))
+                            temporal_attention=temporal_attention(cfg),
+                            own_context_steps=cfg.loss.get("own_context_steps", 10))
   weights = draws.token_mask.astype(jnp.float32)
   loss = jnp.sum(losses * weights[None]) / (losses.shape[0] * jnp.sum(weights))
   return loss, {"masked_fraction": jnp.mean(weights)}
