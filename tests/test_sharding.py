@@ -138,8 +138,23 @@ def _assert_close(a, b):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * max(np.abs(y).max(), 1e-30))
 
 
+@pytest.fixture(scope="module")
+def one_device():
+  """The single-device loss, gradients and train step every mesh is compared with
+  (computed once: the model, optimizer and step do not depend on the mesh)."""
+  config = _config()
+  model, optimizer, _, _, _ = _setup(config, MESHES[0])
+  tokenizer = make_tokenizer(config.tokenizer)
+  video = _batch(config)["video"]
+  params = create_state(model, optimizer, config.seed).params
+  loss, grads = jax.jit(_loss_and_grads(model, tokenizer))(params, video, jax.random.key(3))
+  step = make_train_step(model, tokenizer, optimizer, config.optim.ema_decay)
+  state, metrics = jax.jit(step)(create_state(model, optimizer, config.seed), {"video": video})
+  return dict(loss=loss, grads=grads, step_params=state.params, step_loss=metrics["loss"])
+
+
 @pytest.mark.parametrize("mesh_shape", MESHES)
-def test_sharded_loss_gradients_and_step_equal_one_device(mesh_shape):
+def test_sharded_loss_gradients_and_step_equal_one_device(mesh_shape, one_device):
   config = _config()
   model, optimizer, mesh, rules, shardings = _setup(config, mesh_shape)
   tokenizer = make_tokenizer(config.tokenizer)
@@ -148,25 +163,24 @@ def test_sharded_loss_gradients_and_step_equal_one_device(mesh_shape):
   params = create_state(model, optimizer, config.seed).params
 
   fn = _loss_and_grads(model, tokenizer)
-  loss_1, grads_1 = jax.jit(fn)(params, video, rng)
   sharded = jax.jit(fn, in_shardings=(shardings.params, partition.batch_sharding(mesh),
                                       partition.replicated(mesh)),
                     out_shardings=(partition.replicated(mesh), shardings.params))
   with rules_lib.logical_axis_rules(rules), jax.set_mesh(mesh):
     loss_n, grads_n = sharded(jax.device_put(params, shardings.params), video, rng)
-  np.testing.assert_allclose(float(loss_n), float(loss_1), rtol=1e-5)
-  _assert_close(grads_n, grads_1)
+  np.testing.assert_allclose(float(loss_n), float(one_device["loss"]), rtol=1e-5)
+  _assert_close(grads_n, one_device["grads"])
   assert grads_n["transformer"]["blocks"]["ff_proj"]["kernel"].sharding == \
       shardings.params["transformer"]["blocks"]["ff_proj"]["kernel"]
 
   # The full step: sharded state in, donated, sharded state out.
   step = make_train_step(model, tokenizer, optimizer, config.optim.ema_decay)
-  state_1, metrics_1 = jax.jit(step)(create_state(model, optimizer, config.seed), {"video": video})
   state = partition.create_sharded_state(model, optimizer, shardings, config.seed)
   state_n, metrics_n = partition.shard_train_step(step, shardings, mesh, rules)(
       state, partition.global_batch({"video": video}, mesh))
-  np.testing.assert_allclose(float(metrics_n["loss"]), float(metrics_1["loss"]), rtol=1e-5)
-  _assert_close(state_n.params, state_1.params)
+  np.testing.assert_allclose(float(metrics_n["loss"]), float(one_device["step_loss"]),
+                             rtol=1e-5)
+  _assert_close(state_n.params, one_device["step_params"])
   assert state.params["transformer"]["z_proj"]["kernel"].is_deleted()  # donated
 
 
