@@ -368,3 +368,38 @@ def test_rules_unambiguous():
     keys = keys if side == "original" else original_to_diffusers(keys)
     for key in keys:
       assert sum(bool(r.patterns[side].fullmatch(key)) for r in _RULES) == 1, key
+
+
+# --- NVIDIA/Cosmos-Tokenizer's own layers3d.py: every hybrid resampler owns conv1-3 -------
+
+def nvidia_golden(golden, resamplers):
+  """A golden list as NVIDIA/Cosmos-Tokenizer's EncoderFactorized / DecoderFactorized build
+  it: each level's CausalHybridDown/Upsample3d creates conv1, conv2 and conv3 before its
+  spatial_*/temporal_* flags switch any of them off."""
+  out = dict(golden)
+  for prefix, c in resamplers:
+    make = downsample if ".downsample" in prefix else upsample
+    out.update(make(prefix, c, spatial=True, temporal=True))
+  return out
+
+
+GOLDEN_T8_NVIDIA = nvidia_golden(GOLDEN_T8, RESAMPLERS_T8)
+GOLDEN_T4_NVIDIA = nvidia_golden(GOLDEN_T4, RESAMPLERS_T4)
+
+
+@pytest.mark.parametrize("name", ["t8", "t4"])
+def test_nvidia_reference_has_the_golden_keys(name):
+  # The test suite's PyTorch reference of NVIDIA's network (tests/nvidia_cosmos_reference.py)
+  # builds exactly these tensors, switched-off convs included; converting them drops only
+  # those the golden lists above (the conditional layout) do not have.
+  from nvidia_cosmos_reference import CausalContinuousVideoTokenizer  # pylint: disable=g-import-not-at-top
+  from videomar_jax.interop.cosmos_convert import unused_resampler_keys  # pylint: disable=g-import-not-at-top
+  from videomar_jax.tokenizers.cosmos import CosmosConfig  # pylint: disable=g-import-not-at-top
+  config_dict, golden, nvidia = {"t8": (CONFIG_T8, GOLDEN_T8, GOLDEN_T8_NVIDIA),
+                                 "t4": (CONFIG_T4, GOLDEN_T4, GOLDEN_T4_NVIDIA)}[name]
+  config = CosmosConfig.from_diffusers(config_dict)
+  with torch.device("meta"):
+    reference = CausalContinuousVideoTokenizer(config)
+  assert _shapes(reference.state_dict()) == nvidia
+  extra = {k: np.zeros(s, np.float32) for k, s in nvidia.items() if k not in golden}
+  assert set(original_to_diffusers(extra)) == unused_resampler_keys(config)

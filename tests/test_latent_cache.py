@@ -236,7 +236,8 @@ def test_cli_encode_decode_and_bad_sizes(tmp_path, tokenizer_dir):
 
 def test_cli_convert_from_diffusers_and_original_layouts(tmp_path):
   """A diffusers model directory and an original-layout .pt both convert to a tokenizer
-  directory that encodes like the PyTorch model."""
+  directory that encodes like the PyTorch model. The .pt is laid out as NVIDIA's own network
+  saves it: with the convs of its switched-off resamplers, which are dropped with a note."""
   import torch  # pylint: disable=import-outside-toplevel
   from diffusers import AutoencoderKLCosmos  # pylint: disable=import-outside-toplevel
   from videomar_jax.interop.cosmos_keys import diffusers_to_original  # pylint: disable=import-outside-toplevel
@@ -245,6 +246,12 @@ def test_cli_convert_from_diffusers_and_original_layouts(tmp_path):
   reference = AutoencoderKLCosmos(**network.to_diffusers()).eval()
   reference.save_pretrained(str(tmp_path / "diffusers"))
   original = diffusers_to_original({k: v.numpy() for k, v in reference.state_dict().items()})
+  from nvidia_cosmos_reference import CausalContinuousVideoTokenizer  # pylint: disable=import-outside-toplevel
+  with torch.device("meta"):
+    nvidia = CausalContinuousVideoTokenizer(network).state_dict()
+  switched_off = {k: np.zeros(v.shape, np.float32) for k, v in nvidia.items() if k not in original}
+  assert switched_off and set(original) <= set(nvidia)
+  original.update(switched_off)
   torch.save({k: torch.from_numpy(v.copy()) for k, v in original.items()},
              str(tmp_path / "original.pt"))
   video = np.random.default_rng(0).uniform(-1, 1, (1, NUM_FRAMES, RESOLUTION, RESOLUTION, 3))
@@ -256,6 +263,8 @@ def test_cli_convert_from_diffusers_and_original_layouts(tmp_path):
     result = _cli("tokenizer", "convert", *args, f"--out={tmp_path / name}",
                   "--latent_scale=0.5")
     assert result.returncode == 0, result.stderr
+    if name == "b":
+      assert f"dropped {len(switched_off)} tensors of switched-off resampler" in result.stdout
     tokenizer = make_tokenizer(_tokenizer_config(str(tmp_path / name)))
     latents = np.asarray(tokenizer.encode(jnp.asarray(video, jnp.float32))) / 0.5
     assert np.max(np.abs(latents - expected)) <= 1e-4 * np.max(np.abs(expected))

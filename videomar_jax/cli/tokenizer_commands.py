@@ -15,6 +15,7 @@ multiplied by the tokenizer's latent scale (what VideoMAR trains on). A leading 
 is accepted on arrays too.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -26,6 +27,10 @@ _TORCH = flags.DEFINE_multi_string("torch", None, "tokenizer convert: PyTorch we
                                    "(repeat for encoder.jit and decoder.jit).")
 _VARIANT = flags.DEFINE_string("variant", None, "tokenizer convert: CV4x8x8, CV8x8x8, "
                                "CV8x16x16 or a -narrow variant.")
+_LEGACY = flags.DEFINE_bool("legacy_mode", False, "tokenizer convert: the weights come from "
+                            "NVIDIA's network built with legacy_mode=True (its decoder "
+                            "up-samples in time one block earlier; the file cannot show it, "
+                            "and loading it without this flag gives wrong videos).")
 _LATENT_SCALE = flags.DEFINE_float("latent_scale", 0.5, "tokenizer convert: the scale "
                                    "stored with the weights (VideoMAR uses 0.5 for Cosmos).")
 _INPUT = flags.DEFINE_string("input", None, "tokenizer encode/decode: input file.")
@@ -178,7 +183,9 @@ def cmd_tokenizer_convert(_):
   else:
     raise app.UsageError("tokenizer convert needs --variant (only a diffusers model "
                          "directory describes its own network).")
-  params = cosmos_convert.convert(paths, network)
+  if _LEGACY.value:
+    network = dataclasses.replace(network, legacy_mode=True)
+  params = cosmos_convert.convert(paths, network, log=lambda m: print(m, flush=True))
   store.save(out, network, params, variant=variant, latent_scale=_LATENT_SCALE.value,
              source=", ".join(os.path.abspath(p) for p in paths))
   count = sum(v.size for v in _leaves(params))

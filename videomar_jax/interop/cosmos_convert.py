@@ -27,7 +27,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
 import jax
@@ -47,6 +47,7 @@ __all__ = [
     "flax_to_diffusers",
     "load_diffusers_config",
     "load_torch_state_dict",
+    "unused_resampler_keys",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -136,7 +137,8 @@ def _is_ignored(key: str) -> bool:
 
 
 def _format_error(config: CosmosConfig, missing, unexpected, mismatched) -> str:
-  lines = [f"state_dict does not match AutoencoderKLCosmos({config.to_diffusers()}): "
+  network = {k: v for k, v in config.to_dict().items() if k != "dtype"}
+  lines = [f"state_dict does not match the Cosmos network {network}: "
            f"{len(missing)} missing, {len(unexpected)} unexpected, "
            f"{len(mismatched)} wrong shape"]
   if any(".conv3d." in k or k.startswith(("encoder.down.", "decoder.up.")) for k in unexpected):
@@ -146,6 +148,32 @@ def _format_error(config: CosmosConfig, missing, unexpected, mismatched) -> str:
   lines += [f"  unexpected: {k}" for k in unexpected]
   lines += [f"  wrong shape: {k}: got {g}, expected {e}" for k, (g, e) in mismatched.items()]
   return "\n".join(lines)
+
+
+def unused_resampler_keys(config: CosmosConfig) -> set[str]:
+  """diffusers-named tensors that NVIDIA's network owns for ``config`` but never runs.
+
+  NVIDIA's ``EncoderFactorized`` builds a ``CausalHybridDownsample3d`` at every encoder
+  level but the last, and ``DecoderFactorized`` a ``CausalHybridUpsample3d`` at every
+  decoder level but the one executed last, each with all three convs; ``spatial_down`` /
+  ``temporal_down`` (``spatial_up`` / ``temporal_up``) then decide which of them run:
+  conv1 the spatial (decoder: temporal) step, conv2 the temporal (decoder: spatial) one,
+  conv3 the final 1x1x1 conv when either runs. The Flax network, like diffusers, has only
+  the convs that run, so a state_dict of NVIDIA's module carries exactly these extra
+  tensors. Which directions run is ``config.encoder_stages()`` / ``decoder_stages()``,
+  NVIDIA's rule (``legacy_mode`` included).
+  """
+  keys = set()
+  sides = (("encoder.down_blocks", "downsamplers", config.encoder_stages(), ("spatial", "temporal")),
+           ("decoder.up_blocks", "upsamplers", config.decoder_stages(), ("temporal", "spatial")))
+  for blocks, samplers, stages, (first, second) in sides:
+    for i, stage in enumerate(stages[:-1]):  # every level with a sampler in NVIDIA's code
+      runs = {1: getattr(stage, first), 2: getattr(stage, second)}
+      runs[3] = runs[1] or runs[2]
+      for k, running in runs.items():
+        if not running:
+          keys |= {f"{blocks}.{i}.{samplers}.0.conv{k}.{p}" for p in ("weight", "bias")}
+  return keys
 
 
 def diffusers_to_flax(state_dict: Mapping[str, Any], config: CosmosConfig) -> dict:
@@ -332,12 +360,16 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
                    f"and the original Cosmos-Tokenizer names (e.g. {sorted(keys)[:3]})")
 
 
-def convert(paths: PathLike | Sequence[PathLike], config: CosmosConfig | None = None) -> dict:
+def convert(paths: PathLike | Sequence[PathLike], config: CosmosConfig | None = None,
+            log: Callable[[str], None] | None = None) -> dict:
   """Checkpoint file(s) or a diffusers directory -> float32 params for ``config``.
 
   The layout (diffusers or original Cosmos-Tokenizer/TorchScript) is detected from the key
   names. ``config`` may be omitted for a diffusers directory (read from its
-  ``config.json``); when both are given they must describe the same network.
+  ``config.json``); when both are given they must describe the same network. In the
+  original layout the convs of switched-off resamplers (``unused_resampler_keys``) are
+  dropped and ``log`` (default: a warning) is told in one line how many; any other extra
+  tensor is still an error.
   """
   for directory in (p for p in _as_paths(paths) if os.path.isdir(p) and _has_config(p)):
     stored = load_diffusers_config(directory)
@@ -354,6 +386,14 @@ def convert(paths: PathLike | Sequence[PathLike], config: CosmosConfig | None = 
     from videomar_jax.interop.cosmos_keys import \
         original_to_diffusers  # pylint: disable=import-outside-toplevel
     state_dict = original_to_diffusers(state_dict)
+    unused = unused_resampler_keys(config)
+    dropped = sorted(k for k in state_dict if k in unused)
+    if dropped:
+      state_dict = {k: v for k, v in state_dict.items() if k not in unused}
+      message = (f"dropped {len(dropped)} tensors of switched-off resampler convs (NVIDIA's "
+                 "network creates conv1-3 in every hybrid resampler but never runs these "
+                 f"for this variant): {', '.join(sorted({k.rsplit('.', 1)[0] for k in dropped}))}")
+      (log or (lambda m: warnings.warn(m, stacklevel=3)))(message)
   return diffusers_to_flax(state_dict, config)
 
 

@@ -50,11 +50,12 @@ it filters `encoder.patcher3d.wavelets` etc. out of `encoder.jit`'s state dict a
 strict-loads the rest into a full tokenizer module.
 
 Resampler convs: NVIDIA/Cosmos (and diffusers) create a hybrid down/upsampler's conv1/conv2/
-conv3 only when that resampler really resamples spatially/temporally; the older
-NVIDIA/Cosmos-Tokenizer code always creates all three. diffusers' converter loads released
-autoencoder.jit files with `strict=True` into the conditional layout, so released files
-carry no unused convs; a dict from the unconditional code may, and `original_to_diffusers`
-drops them when given the target's `expected_keys`.
+conv3 only when that resampler really resamples spatially/temporally; NVIDIA/Cosmos-Tokenizer's
+layers3d.py always creates all three and switches directions off afterwards, so
+`state_dict()` of a network built with it carries convs that never run. They map like any
+other conv here; `cosmos_convert.convert` then drops exactly those of the variant at hand
+(`cosmos_convert.unused_resampler_keys`, NVIDIA's rule) and says so. `original_to_diffusers`
+also drops resampler convs the target lacks when given its `expected_keys`.
 
 Sources read: NVIDIA/Cosmos-Tokenizer cosmos_tokenizer/modules/layers3d.py,
 modules/patching.py, modules/utils.py (CausalNormalize), modules/distributions.py,

@@ -85,6 +85,10 @@ class CosmosConfig:
   patch_type: str = "haar"
   spatial_compression_ratio: int = 8
   temporal_compression_ratio: int = 8
+  # NVIDIA's `legacy_mode` decoder (not in diffusers): temporal up-sampling from the first
+  # up block instead of the second. A checkpoint does not show it (NVIDIA's samplers all
+  # own the same convs either way), so it must be set for files built with it.
+  legacy_mode: bool = False
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -157,8 +161,9 @@ class CosmosConfig:
     """The decoder's up blocks, as ``CosmosDecoder3d.__init__`` lays them out.
 
     Temporal up-sampling starts at the second block (``0 < i``), so that the first one
-    works at the latent frame rate; spatial up-sampling goes with it, and starts in the
-    first block when there are more spatial than temporal layers.
+    works at the latent frame rate (``legacy_mode``: at the first); spatial up-sampling
+    goes with it, and starts in the first block when there are more spatial than temporal
+    layers.
     """
     channels = tuple(reversed(self.decode_block_out_channels))
     resolution = (self.resolution // self.patch_size) // 2 ** (len(channels) - 2)
@@ -168,7 +173,7 @@ class CosmosConfig:
       attention = resolution in self.attention_resolutions
       spatial = temporal = False
       if i < len(channels) - 2:
-        temporal = 0 < i < nt + 1
+        temporal = i < nt if self.legacy_mode else 0 < i < nt + 1
         spatial = temporal or (i < ns and ns > nt)
         resolution *= 2
       stages.append(Stage(channels[i], channels[i + 1], attention, spatial, temporal))
@@ -240,7 +245,7 @@ class CosmosConfig:
     ignored; any other key that is not a network field is a ValueError naming it.
     Missing keys take diffusers' defaults (which are this class's defaults).
     """
-    names = {f.name for f in dataclasses.fields(cls)} - {"dtype"}
+    names = {f.name for f in dataclasses.fields(cls)} - {"dtype", "legacy_mode"}
     values, unknown = {}, []
     for key, value in dict(config).items():
       if key.startswith("_") or key in _DIFFUSERS_NON_NETWORK:
@@ -255,9 +260,13 @@ class CosmosConfig:
     return cls(**values, dtype=dtype)
 
   def to_diffusers(self) -> dict[str, Any]:
-    """The network keys of an ``AutoencoderKLCosmos(**...)`` call (no dtype)."""
+    """The network keys of an ``AutoencoderKLCosmos(**...)`` call (no dtype). diffusers
+    has no ``legacy_mode``: such a config has no diffusers equivalent (ValueError)."""
+    if self.legacy_mode:
+      raise ValueError("a legacy_mode Cosmos decoder has no diffusers AutoencoderKLCosmos "
+                       "equivalent (diffusers builds only NVIDIA's default layout)")
     out = self.to_dict()
-    del out["dtype"]
+    del out["dtype"], out["legacy_mode"]
     return out
 
 
