@@ -25,13 +25,17 @@ setup(
         "pillow>=10",
         "matplotlib>=3.8",
         "dm-pix>=0.4",  # SSIM in `videomar evaluate`
+        "safetensors>=0.6",  # memory-mapped checkpoint reading, bfloat16 through NumPy
+        "ml_dtypes>=0.4",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
-        # The CPU wheel: a plain `torch` requirement pulls several GB of CUDA packages.
+        # Any torch from 2.4 on; an installed one (Colab's, say) is kept. Without one, pip
+        # takes PyPI's default build, on Linux a CUDA build of several GB: install the CPU
+        # wheel first from PyTorch's CPU index (README, "PyTorch"); launch/_env.sh does.
         # diffusers: its AutoencoderKLCosmos is the reference of the Cosmos tokenizer's
         # parity tests and reads diffusers-layout tokenizer weights.
-        "torch": ["torch==2.13.0", "safetensors>=0.4", "diffusers>=0.34"],
+        "torch": ["torch>=2.4", "diffusers>=0.34"],
     },
     entry_points={"console_scripts": ["videomar=videomar_jax.cli.main:run"]},
 )

@@ -12,6 +12,14 @@ STAMP=".venv/.videomar_installed_$(sha1sum setup.py | cut -c1-12)"
 if [ ! -f "$STAMP" ]; then
   echo "[setup] installing videomar_jax with extras [test,torch] (first run takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
+  if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    # The CPU build of torch (the `torch` extra accepts any >= 2.4, and PyPI's default
+    # Linux build is a CUDA one of several GB): PyTorch's CPU index where it is reachable,
+    # else the package index's $VIDEOMAR_TORCH (a CPU wheel on machines that serve one).
+    .venv/bin/python -m pip install -q --retries 0 --timeout 20 torch \
+        --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+      || .venv/bin/python -m pip install -q "${VIDEOMAR_TORCH:-torch==2.13.0}"
+  fi
   .venv/bin/python -m pip install -q -e ".[test,torch]"
   rm -f .venv/.videomar_installed_* && touch "$STAMP"
 fi

@@ -6,6 +6,7 @@ These tests need no PyTorch except the `.pt` round trip (PyTorch is a test depen
 import argparse
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -130,6 +131,13 @@ def test_safetensors_reader_matches_the_reference_library_and_rejects_corrupt_fi
   safetensors_io.save(ours, str(tmp_path / "y.safetensors"))
   again = safetensors.torch.load_file(str(tmp_path / "y.safetensors"))
   assert again["a"].dtype == torch.bfloat16 and torch.equal(again["a"], tensors["a"])
+
+  # Lazy: the header is read at once, each tensor's bytes only when it is converted.
+  lazy = safetensors_io.open_lazy(path)
+  assert sorted(lazy) == ["a", "b", "c"] and lazy["a"].shape == (3, 5)
+  assert lazy["a"].dtype == ml_dtypes.bfloat16 and lazy["b"].dtype == np.int64
+  safetensors.torch.save_file({**tensors, "c": tensors["c"] + 1}, path)  # same layout
+  np.testing.assert_array_equal(np.asarray(lazy["c"]), (tensors["c"] + 1).numpy())
 
   with open(path, "rb") as f:
     data = f.read()

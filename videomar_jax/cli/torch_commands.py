@@ -43,7 +43,8 @@ def cmd_verify(_):
   try:
     import torch  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
-    raise app.UsageError("verify needs PyTorch: pip install torch==2.13.0") from None
+    raise app.UsageError("verify needs PyTorch: pip install torch --index-url "
+                         "https://download.pytorch.org/whl/cpu (the CPU build)") from None
   state_dict, entry = checkpoints.read_state_dict(_TORCH_CHECKPOINT.value, _TORCH_ENTRY.value)
   if _INPUTS.value:
     with np.load(_INPUTS.value) as data:

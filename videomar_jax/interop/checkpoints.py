@@ -9,6 +9,7 @@ Writes `.safetensors` and `.pt` in the authors' layout (see `layout.py`).
 
 import argparse
 import os
+from collections.abc import Mapping
 
 import jax
 import ml_collections
@@ -32,11 +33,14 @@ def _require_torch(path: str):
   except ImportError:
     raise CheckpointFileError(
         f"{path}: reading or writing .pt/.pth files needs PyTorch (pip install "
-        "torch==2.13.0); .safetensors files do not.") from None
+        "torch --index-url https://download.pytorch.org/whl/cpu, the CPU build); "
+        ".safetensors files do not.") from None
   return torch
 
 
 def _to_numpy(value) -> np.ndarray:
+  if isinstance(value, safetensors_io.LazyTensor):  # read when the converter needs it
+    return value
   if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no NumPy dtype, widen it
     value = value.detach().cpu()
     if value.dtype.is_floating_point:
@@ -49,7 +53,7 @@ def _read_raw(path: str) -> dict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no checkpoint file at {path}")
   if path.endswith(".safetensors"):
-    return safetensors_io.load(path)
+    return safetensors_io.open_lazy(path)
   if not path.endswith((".pt", ".pth", ".bin", ".ckpt")):
     raise CheckpointFileError(f"{path}: unknown checkpoint format; expected .safetensors, "
                               ".pt, .pth, .bin or .ckpt.")
@@ -62,13 +66,15 @@ def _read_raw(path: str) -> dict:
 
 
 def read_state_dict(path: str, which: str = "auto") -> tuple[dict[str, np.ndarray], str]:
-  """A checkpoint file -> (state_dict as float NumPy arrays, which entry was used).
+  """A checkpoint file -> (state_dict as NumPy arrays, which entry was used).
 
+  Tensors of a `.safetensors` file are `safetensors_io.LazyTensor`s (shape and dtype known,
+  bytes memory-mapped and read on `np.asarray`), so that a converter holds one at a time.
   `which`: "auto" (the EMA weights `model_ema` when present, else `model`, else the bare
   dict), "model_ema", "model" or "bare".
   """
   raw = _read_raw(path)
-  if not isinstance(raw, dict):
+  if not isinstance(raw, Mapping):
     raise CheckpointFileError(f"{path}: holds a {type(raw).__name__}, not a state_dict.")
   if which == "auto":
     which = next((w for w in WRAPPERS if isinstance(raw.get(w), dict)), "bare")

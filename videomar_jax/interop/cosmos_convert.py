@@ -286,8 +286,8 @@ def _diffusers_weight_files(directory: str) -> list[str]:
 def _read_file(path: str) -> Mapping[str, Any]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no checkpoint file at {path}")
-  if path.endswith(".safetensors"):
-    return safetensors_io.load(path)
+  if path.endswith(".safetensors"):  # memory-mapped, read tensor by tensor on conversion
+    return safetensors_io.open_lazy(path)
   import torch  # pylint: disable=import-outside-toplevel
   if path.endswith(".jit"):  # NVIDIA's released files; torch deprecates TorchScript
     with warnings.catch_warnings():

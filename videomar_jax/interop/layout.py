@@ -24,7 +24,7 @@ import re
 import jax
 import numpy as np
 
-from videomar_jax.models.transformer import layers_to_scanned, scanned_to_layers
+from videomar_jax.models.transformer import scanned_to_layers
 
 # Dense kernels whose contracted (input) side has more than one axis.
 _MULTI_AXIS_INPUTS = {"wo": 2}
@@ -141,13 +141,20 @@ def torch_to_flax(state_dict: dict, abstract_params: dict, depth: int) -> dict:
   per_layer = _per_layer(abstract_params, depth)
   flat = list(_flatten(per_layer))
   check_keys(state_dict, {torch_key(p): _torch_shape(p, leaf.shape) for p, leaf in flat})
-  tree = {}
-  for path, leaf in flat:
+
+  def converted(path, shape):  # one tensor read (lazily, for safetensors) and laid out
     array = np.asarray(state_dict[torch_key(path)]).astype(np.float32)
-    if _is_kernel(path):
-      array = array.T
-    _set(tree, path, np.ascontiguousarray(array.reshape(leaf.shape)))
-  if "blocks" in abstract_params["transformer"]:
-    tree["transformer"] = jax.tree_util.tree_map(
-        np.asarray, layers_to_scanned(tree["transformer"], depth))
+    return (array.T if _is_kernel(path) else array).reshape(shape)
+
+  tree = {}
+  scanned = "blocks" in abstract_params["transformer"]
+  for path, leaf in flat:
+    if not (scanned and path[0] == "transformer" and path[1].startswith("blocks_")):
+      _set(tree, path, np.ascontiguousarray(converted(path, leaf.shape)))
+  if scanned:  # each [depth, ...] stack filled layer by layer: no per-layer copy held
+    for path, leaf in _flatten(abstract_params["transformer"]["blocks"]):
+      stack = np.empty(leaf.shape, np.float32)
+      for i in range(depth):
+        stack[i] = converted(("transformer", f"blocks_{i}", *path), leaf.shape[1:])
+      _set(tree, ("transformer", "blocks", *path), stack)
   return tree

@@ -1,17 +1,27 @@
-"""Reading and writing `.safetensors` files with NumPy only (no torch needed).
+"""`.safetensors` files through the `safetensors` library, read lazily (no torch needed).
 
 The format is an 8-byte little-endian header length, a JSON header
 `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}` and the raw
-little-endian tensor bytes. The `safetensors` package's NumPy API has no bfloat16, which is
-how most PyTorch checkpoints are stored, so this module reads BF16 through `ml_dtypes`.
+little-endian tensor bytes. `open_lazy` checks the header here (so that a truncated or
+corrupt file gets one clear error naming it before any tensor is read) and returns a
+read-only mapping whose values are `LazyTensor`s: shape and dtype come from the header, and
+the bytes are read only when a tensor is converted (`np.asarray`), through the library's
+memory-mapped `safe_open`, one tensor at a time. A loader that converts tensor by tensor
+therefore never holds more than the result plus one tensor (the old whole-file read held
+the file twice). bfloat16 is read and written as `ml_dtypes.bfloat16`.
 """
+
+from __future__ import annotations
 
 import json
 import os
 import struct
+from collections.abc import Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -26,8 +36,54 @@ class SafetensorsError(ValueError):
   """A `.safetensors` file that cannot be read (truncated, corrupt or unsupported)."""
 
 
-def load(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a `.safetensors` file, as NumPy arrays in their stored dtype."""
+class LazyTensor:
+  """One tensor of a `.safetensors` file, read from disk when converted to an array."""
+
+  def __init__(self, path: str, name: str, shape: tuple[int, ...], dtype: np.dtype):
+    self.path, self.name, self.shape, self.dtype = path, name, shape, np.dtype(dtype)
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  @property
+  def size(self) -> int:
+    return int(np.prod(self.shape, dtype=np.int64))
+
+  def read(self) -> np.ndarray:
+    try:
+      with safe_open(self.path, framework="np") as f:
+        array = f.get_tensor(self.name)
+    except (SafetensorError, OSError) as e:
+      raise SafetensorsError(f"{self.path}: tensor {self.name!r} cannot be read ({e}).") from None
+    return array.reshape(self.shape)
+
+  def __array__(self, dtype=None, copy=None):  # pylint: disable=redefined-outer-name
+    array = self.read()
+    return array if dtype is None else array.astype(dtype)
+
+  def __repr__(self) -> str:
+    return f"LazyTensor({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class LazySafetensors(Mapping):
+  """name -> `LazyTensor` for every tensor of one file; `.metadata` holds `__metadata__`."""
+
+  def __init__(self, path: str, tensors: dict[str, LazyTensor], metadata: dict[str, str]):
+    self.path, self._tensors, self.metadata = path, tensors, metadata
+
+  def __getitem__(self, name: str) -> LazyTensor:
+    return self._tensors[name]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._tensors)
+
+  def __len__(self) -> int:
+    return len(self._tensors)
+
+
+def _header(path: str) -> tuple[dict, int]:
+  """The parsed JSON header and the size of the data section; SafetensorsError if bad."""
   size = os.path.getsize(path)
   with open(path, "rb") as f:
     raw = f.read(8)
@@ -41,46 +97,47 @@ def load(path: str) -> dict[str, np.ndarray]:
       header = json.loads(f.read(header_len))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
       raise SafetensorsError(f"{path}: unreadable JSON header ({e}).") from None
-    data = f.read()
-  header.pop("__metadata__", None)
-  out = {}
+  if not isinstance(header, dict):
+    raise SafetensorsError(f"{path}: the header is not a JSON object.")
+  return header, size - 8 - header_len
+
+
+def open_lazy(path: str) -> LazySafetensors:
+  """Every tensor of a `.safetensors` file as a `LazyTensor`; the header is checked now
+  (dtypes known, byte ranges inside the file and of the right size), data read later."""
+  path = os.fspath(path)
+  header, data_size = _header(path)
+  metadata = header.pop("__metadata__", None) or {}
+  tensors = {}
   for name, info in header.items():
-    dtype = _DTYPES.get(info.get("dtype"))
+    dtype = _DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
     if dtype is None:
       raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype "
-                             f"{info.get('dtype')!r}.")
+                             f"{info.get('dtype') if isinstance(info, dict) else info!r}.")
     begin, end = info["data_offsets"]
-    shape = tuple(info["shape"])
+    shape = tuple(int(n) for n in info["shape"])
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    if end > len(data) or end - begin != expected:
+    if end > data_size or end - begin != expected:
       raise SafetensorsError(f"{path}: tensor {name!r} (shape {shape}, {info['dtype']}) has "
                              f"byte range [{begin}, {end}) but the data section holds "
-                             f"{len(data)} bytes; the file is truncated or corrupt.")
-    out[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=int(
-        np.prod(shape, dtype=np.int64)), offset=begin).reshape(shape).astype(dtype)
-  return out
+                             f"{data_size} bytes; the file is truncated or corrupt.")
+    tensors[name] = LazyTensor(path, name, shape, dtype)
+  return LazySafetensors(path, tensors, dict(metadata))
 
 
-def save(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str] | None = None):
+def load(path: str) -> dict[str, np.ndarray]:
+  """All tensors of a `.safetensors` file, as NumPy arrays in their stored dtype."""
+  return {name: tensor.read() for name, tensor in open_lazy(path).items()}
+
+
+def save(tensors: Mapping[str, np.ndarray], path: str, metadata: dict[str, str] | None = None):
   """Writes `tensors` (name -> array) to `path` atomically (a temporary file, then rename)."""
-  header, chunks, offset = {}, [], 0
+  arrays = {}
   for name in sorted(tensors):
-    array = np.ascontiguousarray(tensors[name])
+    array = np.ascontiguousarray(np.asarray(tensors[name]))
     if array.dtype not in _NAMES:
       raise SafetensorsError(f"tensor {name!r}: dtype {array.dtype} cannot be stored.")
-    blob = array.astype(array.dtype.newbyteorder("<")).tobytes()
-    header[name] = {"dtype": _NAMES[array.dtype], "shape": list(array.shape),
-                    "data_offsets": [offset, offset + len(blob)]}
-    chunks.append(blob)
-    offset += len(blob)
-  if metadata:
-    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-  encoded = json.dumps(header, separators=(",", ":")).encode()
-  encoded += b" " * (-len(encoded) % 8)  # the spec's 8-byte alignment of the data section
+    arrays[name] = array
   tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(struct.pack("<Q", len(encoded)))
-    f.write(encoded)
-    for blob in chunks:
-      f.write(blob)
+  save_file(arrays, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
   os.replace(tmp, path)
