@@ -162,6 +162,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # A PyTorch checkpoint in the VideoMAR authors' layout (.safetensors/.pt) whose weights
   # initialise a fresh run (params and EMA); ignored when the run resumes. See interop/.
   config.train.init_from = ""
+  # A JSON/YAML file of regex key renames applied to init_from's keys (`videomar torch keys`
+  # shows what a file holds; see interop/keys.py).
+  config.train.init_key_map = ""
   # Where Orbax writes checkpoints ("" = <workdir>/checkpoints). May be a gs:// URI (all
   # processes of a pod must see it); logs and reports stay in the local workdir.
   config.train.checkpoint_dir = ""

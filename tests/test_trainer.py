@@ -254,6 +254,12 @@ def test_a_fresh_run_can_start_from_pytorch_weights(tmp_path, data_dir):
   model = VideoMAR(config)
   weights = jax.tree_util.tree_map(lambda p: p + 0.5, model.init(jax.random.key(7)))
   interop.export_params(weights, config, str(tmp_path / "authors.safetensors"))
+  # Saved under slightly different names, loaded through a key map.
+  renamed = {k.replace("decoder_blocks.", "layers."): v for k, v in
+             interop.safetensors_io.load(str(tmp_path / "authors.safetensors")).items()}
+  interop.safetensors_io.save(renamed, str(tmp_path / "authors.safetensors"))
+  (tmp_path / "map.json").write_text('{"^layers\\\\.": "decoder_blocks."}')
+  config.train.init_key_map = str(tmp_path / "map.json")
   config.train.init_from = str(tmp_path / "authors.safetensors")
   # Checkpoints outside the workdir (as gs://... on a pod): found through config.json.
   config.train.checkpoint_dir = str(tmp_path / "elsewhere" / "ckpt")

@@ -12,6 +12,7 @@
   videomar plan --config=configs/videomar.py:paper --mesh=data:4,fsdp:16,tensor:1
   videomar verify --torch_checkpoint=PATH --config=... (see cli/torch_commands.py)
   videomar torch export --checkpoint=RUN_OR_STEP --out=model.safetensors
+  videomar torch keys --torch_checkpoint=PATH [--config=...] [--key_map=renames.json]
   videomar tokenizer convert|encode|decode|train ... (see cli/tokenizer_commands.py)
   videomar data encode --tokenizer=DIR --dataset=bouncing_balls --data_dir=DATA --out=CACHE
 
@@ -32,7 +33,8 @@ from ml_collections import config_flags
 from videomar_jax.cli import tokenizer_commands, torch_commands
 
 COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler",
-            "bench train", "bench tokenizer", "plan", "verify", "torch export", "tokenizer convert",
+            "bench train", "bench tokenizer", "plan", "verify", "torch export", "torch keys",
+            "tokenizer convert",
             "tokenizer encode", "tokenizer decode", "tokenizer train", "data encode")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path[:arg]`.",
@@ -216,7 +218,8 @@ def cmd_sample(_):
   if torch_source:
     from videomar_jax import interop
     config = _require(_CONFIG, "sample --torch_checkpoint")
-    params = interop.load_params(torch_source, config, flags.FLAGS["torch_entry"].value)
+    params = interop.load_params(torch_source, config, flags.FLAGS["torch_entry"].value,
+                                 key_map=flags.FLAGS["key_map"].value or "")
     step = "(PyTorch weights)"
   else:
     config, params, step = load_checkpoint(source)
@@ -336,6 +339,7 @@ def _user_errors() -> tuple:
   message says it all, a traceback would only bury it."""
   # pylint: disable=import-outside-toplevel
   from videomar_jax.interop.checkpoints import CheckpointFileError
+  from videomar_jax.interop.keys import KeyMapError
   from videomar_jax.interop.layout import LayoutError
   from videomar_jax.interop.safetensors_io import SafetensorsError
   from videomar_jax.interop.verify import InputError
@@ -346,7 +350,7 @@ def _user_errors() -> tuple:
   from videomar_jax.tokenizers.store import TokenizerStoreError
   return (FileNotFoundError, CheckpointFileError, LayoutError, SafetensorsError, InputError,
           TokenizerInputError, LatentCacheError, CosmosConversionError, CosmosKeyError,
-          TokenizerStoreError)
+          TokenizerStoreError, KeyMapError)
 
 
 def _quiet_libraries(handler):

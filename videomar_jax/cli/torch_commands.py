@@ -3,6 +3,7 @@
   videomar verify --torch_checkpoint=PATH --config=configs/videomar.py:small
       [--inputs=in.npz] [--outputs=out.npz] [--json=report.json] [--tolerance=...]
   videomar torch export --checkpoint=RUN_OR_STEP --out=model.safetensors [--use_ema]
+  videomar torch keys --torch_checkpoint=PATH [--config=...] [--key_map=renames.json]
 
 Importing needs no command: `videomar sample --torch_checkpoint=PATH --config=...` samples
 from authors' weights, and `--config.train.init_from=PATH` starts a training run from them.
@@ -31,6 +32,10 @@ _VERIFY_SEED = flags.DEFINE_integer("verify_seed", 0, "verify: seed of the rando
 _VERIFY_SHAPE = flags.DEFINE_string(
     "verify_shape", "2,3,4,6", "verify: random inputs' batch, frames, token rows, token "
     "columns (B,T,h,w; non-square by default so rows and columns cannot be confused).")
+_KEY_MAP = flags.DEFINE_string(
+    "key_map", None, "verify / sample / torch keys: a JSON or YAML file of regex key renames "
+    "({pattern: replacement}, applied in order to every key) for checkpoints whose names "
+    "differ slightly from the authors' layout; training takes config.train.init_key_map.")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "torch export: export the EMA weights.")
 
 
@@ -45,7 +50,8 @@ def cmd_verify(_):
   except ImportError:
     raise app.UsageError("verify needs PyTorch: pip install torch --index-url "
                          "https://download.pytorch.org/whl/cpu (the CPU build)") from None
-  state_dict, entry = checkpoints.read_state_dict(_TORCH_CHECKPOINT.value, _TORCH_ENTRY.value)
+  state_dict, entry = checkpoints.read_state_dict(_TORCH_CHECKPOINT.value, _TORCH_ENTRY.value,
+                                                  _KEY_MAP.value or "")
   if _INPUTS.value:
     with np.load(_INPUTS.value) as data:
       raw = dict(data)
@@ -89,4 +95,33 @@ def cmd_torch_export(_):
         f"{len(state_dict)} tensors) to {out}", flush=True)
 
 
-HANDLERS = {"verify": cmd_verify, "torch export": cmd_torch_export}
+def cmd_torch_keys(_):
+  # pylint: disable=import-outside-toplevel
+  from videomar_jax.interop import checkpoints, keys, layout
+  from videomar_jax.models.videomar import VideoMAR
+  # pylint: enable=import-outside-toplevel
+  path = _TORCH_CHECKPOINT.value
+  if path is None:
+    raise app.UsageError("torch keys needs --torch_checkpoint=PATH [--config=...].")
+  state_dict, entry = checkpoints.read_state_dict(path, _TORCH_ENTRY.value, _KEY_MAP.value or "")
+  print(keys.summarize(state_dict, f"{path} ({entry})"))
+  sizes = keys.infer_sizes(state_dict)
+  print("\nSizes implied by the authors' layout: "
+        + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "none (not that layout?)"))
+  overrides = keys.config_overrides(sizes)
+  if overrides:
+    print("Matching config overrides:\n  " + " \\\n  ".join(overrides))
+  config = flags.FLAGS["config"].value
+  if config is None:
+    return
+  expected = layout.expected_torch_shapes(VideoMAR(config).abstract_params(), config.model.depth)
+  report = keys.diff_report(state_dict, expected)
+  if not report:
+    print(f"\nThe checkpoint matches the config ({len(expected)} tensors).", flush=True)
+    return
+  print(f"\nAgainst the config: {report}", flush=True)
+  sys.exit(1)
+
+
+HANDLERS = {"verify": cmd_verify, "torch export": cmd_torch_export,
+            "torch keys": cmd_torch_keys}

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from videomar_jax.interop import layout, safetensors_io
+from videomar_jax.interop import keys, layout, safetensors_io
 from videomar_jax.models.videomar import VideoMAR
 
 WRAPPERS = ("model_ema", "model", "state_dict")
@@ -65,13 +65,15 @@ def _read_raw(path: str) -> dict:
     raise CheckpointFileError(f"{path}: not a loadable PyTorch checkpoint ({e}).") from None
 
 
-def read_state_dict(path: str, which: str = "auto") -> tuple[dict[str, np.ndarray], str]:
+def read_state_dict(path: str, which: str = "auto",
+                    key_map: str = "") -> tuple[dict[str, np.ndarray], str]:
   """A checkpoint file -> (state_dict as NumPy arrays, which entry was used).
 
   Tensors of a `.safetensors` file are `safetensors_io.LazyTensor`s (shape and dtype known,
   bytes memory-mapped and read on `np.asarray`), so that a converter holds one at a time.
   `which`: "auto" (the EMA weights `model_ema` when present, else `model`, else the bare
-  dict), "model_ema", "model" or "bare".
+  dict), "model_ema", "model" or "bare". `key_map`: a JSON/YAML file of regex renames
+  applied to every key after the prefixes are removed (see `interop.keys`).
   """
   raw = _read_raw(path)
   if not isinstance(raw, Mapping):
@@ -94,12 +96,15 @@ def read_state_dict(path: str, which: str = "auto") -> tuple[dict[str, np.ndarra
     for prefix in _PREFIXES:
       key = key[len(prefix):] if key.startswith(prefix) else key
     state_dict[key] = _to_numpy(value)
+  if key_map:
+    state_dict = keys.apply_key_map(state_dict, keys.load_key_map(key_map))
   return state_dict, which
 
 
-def load_params(path: str, config: ml_collections.ConfigDict, which: str = "auto") -> dict:
+def load_params(path: str, config: ml_collections.ConfigDict, which: str = "auto",
+                key_map: str = "") -> dict:
   """A checkpoint in the authors' layout -> float32 params for `VideoMAR(config)`."""
-  state_dict, _ = read_state_dict(path, which)
+  state_dict, _ = read_state_dict(path, which, key_map)
   abstract = VideoMAR(config).abstract_params()
   try:
     params = layout.torch_to_flax(state_dict, abstract, config.model.depth)
@@ -139,13 +144,14 @@ def mar_head_dims(head: dict) -> dict:
           "z_channels": int(head["cond_embed.weight"].shape[1])}
 
 
-def load_mar_head(path: str, config: ml_collections.ConfigDict, which: str = "auto") -> dict:
+def load_mar_head(path: str, config: ml_collections.ConfigDict, which: str = "auto",
+                  key_map: str = "") -> dict:
   """MAR's `diffloss.net.*` (mar_base/large/huge) -> `params["diffusion_head"]` for `config`.
 
   Strict within the head: every head tensor must exist with the shape `config` implies
   (`head.width`, `head.depth`, the model width as conditioning width, the token dim).
   """
-  state_dict, _ = read_state_dict(path, which)
+  state_dict, _ = read_state_dict(path, which, key_map)
   head = head_state_dict(state_dict, path)
   abstract = {"diffusion_head": VideoMAR(config).abstract_params()["diffusion_head"]}
   expected = {k[len(HEAD_PREFIX):]: v for k, v in

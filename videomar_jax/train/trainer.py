@@ -60,6 +60,9 @@ def validate(config: ml_collections.ConfigDict, tokenizer, mesh=None) -> None:
   init_from = config.train.init_from
   if init_from and "://" not in init_from and not os.path.isfile(init_from):
     raise FileNotFoundError(f"config.train.init_from: no checkpoint file at {init_from}")
+  if config.train.init_key_map:
+    from videomar_jax.interop import keys  # pylint: disable=import-outside-toplevel
+    keys.load_key_map(config.train.init_key_map)  # a bad map fails now, not after setup
   batch_ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_ways % jax.process_count():
     raise ValueError(f"the mesh splits the batch {batch_ways} ways (data x fsdp), which "
@@ -348,7 +351,8 @@ def _init_from_torch(state: TrainState, optimizer, config, shardings) -> TrainSt
   """A fresh state whose params and EMA are the weights of `config.train.init_from`.
   Every process reads the file and places its own shards."""
   from videomar_jax import interop  # pylint: disable=import-outside-toplevel
-  loaded = interop.load_params(config.train.init_from, config)
+  loaded = interop.load_params(config.train.init_from, config,
+                               key_map=config.train.init_key_map)
   params = jax.tree_util.tree_map(
       lambda a, sh: jax.make_array_from_callback(a.shape, sh, lambda index: a[index]),
       loaded, shardings.params)
