@@ -95,9 +95,10 @@ def test_strict_import_lists_missing_unexpected_and_misshaped_keys(tmp_path):
     interop.load_params(path, config)
   message = str(error.value)
   assert "bad.safetensors" in message
-  assert "1 missing: decoder_blocks.1.attn2.wo.weight" in message
-  assert "1 unexpected: diffusion_pos_embed_learned" in message
-  assert "mask_token: checkpoint (1, 1, 33), model (1, 1, 32)" in message
+  assert "1 missing, 1 unexpected, 1 mis-shaped" in message
+  assert "missing (1; shape the config expects):\n  decoder_blocks.1.attn2.wo.weight" in message
+  assert "unexpected (1; shape in the checkpoint):\n  diffusion_pos_embed_learned [1, 4, 32]" in message
+  assert "  mask_token [1, 1, 33] -> [1, 1, 32]" in message
 
 
 def test_training_checkpoint_wrappers_and_prefixes(tmp_path):

@@ -24,6 +24,8 @@ import re
 import jax
 import numpy as np
 
+from videomar_jax.interop import keys
+
 from videomar_jax.models.transformer import scanned_to_layers
 
 # Dense kernels whose contracted (input) side has more than one axis.
@@ -119,20 +121,11 @@ def flax_to_torch(params: dict, depth: int) -> dict[str, np.ndarray]:
 
 
 def check_keys(state_dict: dict, expected: dict[str, tuple[int, ...]], what: str = "") -> None:
-  """Raises a `LayoutError` listing every missing, unexpected and mis-shaped key."""
-  missing = sorted(set(expected) - set(state_dict))
-  unexpected = sorted(set(state_dict) - set(expected))
-  misshaped = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {expected[k]}"
-                     for k in set(expected) & set(state_dict)
-                     if tuple(state_dict[k].shape) != tuple(expected[k]))
-  if missing or unexpected or misshaped:
-    lines = [f"the checkpoint{what} does not match the configured model:"]
-    for title, keys in (("missing", missing), ("unexpected", unexpected),
-                        ("mis-shaped", misshaped)):
-      if keys:
-        lines.append(f"  {len(keys)} {title}: " + ", ".join(keys[:40]) +
-                     (f", ... ({len(keys) - 40} more)" if len(keys) > 40 else ""))
-    raise LayoutError("\n".join(lines))
+  """Raises a `LayoutError` listing every missing, unexpected and mis-shaped key, grouped
+  by key pattern as `videomar torch keys` shows them (`keys.diff_report`)."""
+  report = keys.diff_report(state_dict, expected)
+  if report:
+    raise LayoutError(f"the checkpoint{what} does not match the configured model: {report}")
 
 
 def torch_to_flax(state_dict: dict, abstract_params: dict, depth: int) -> dict:
