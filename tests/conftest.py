@@ -2,8 +2,19 @@
 
 import importlib.util
 import os
+import shutil
+import tempfile
 
-import jax
+# One persistent XLA compilation cache per test process, inherited by the training
+# processes the tests launch: tests that run the same program several times (a run, then
+# its kill and resume; one process, then two) compile it once. The compiled programs are
+# the same, so nothing a test checks changes; an existing JAX_COMPILATION_CACHE_DIR wins.
+_COMPILE_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _COMPILE_CACHE = tempfile.mkdtemp(prefix="videomar-test-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILE_CACHE
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import ml_collections
 import pytest
@@ -11,6 +22,7 @@ import pytest
 # Eight fake CPU devices for the sharding tests (a config option, not XLA_FLAGS, so that
 # the command-line runs the tests launch keep one device unless they ask for more).
 jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,6 +84,12 @@ def perturb(params, rng, scale=0.1):
 @pytest.fixture
 def config():
   return small_config()
+
+
+def pytest_unconfigure(config):
+  del config
+  if _COMPILE_CACHE:
+    shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config):

@@ -3,10 +3,6 @@
 import json
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 
@@ -46,6 +42,11 @@ def write_loss_report(workdir: str, stage_ends: list[int], this_run_seconds: flo
       "stage_ends": list(stage_ends),
       "train_seconds": round(earlier + this_run_seconds, 1),
   }
+  # Imported here: pyplot costs ~1 s, paid once at the end of a run rather than by every
+  # process that imports the trainer.
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(7, 4))
   ax.plot(steps, losses, color="0.75", lw=0.8, label="loss per step")
   if len(smooth):

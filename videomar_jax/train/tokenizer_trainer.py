@@ -27,7 +27,6 @@ import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tensorboardX import SummaryWriter
 
 from videomar_jax.data import bouncing_balls, pipeline
 from videomar_jax.sampling import video_io
@@ -36,6 +35,7 @@ from videomar_jax.tokenizers.base import unit_to_video, video_to_unit
 from videomar_jax.tokenizers.cosmos import (CosmosAutoencoder, abstract_params, get_variant,
                                             random_params)
 from videomar_jax.train import optimizer as optim_lib
+from videomar_jax.train import tensorboard
 from videomar_jax.train.checkpoint import Checkpointer
 from videomar_jax.train.report import write_loss_report
 from videomar_jax.train.trainer import NonFiniteLossError, _PreemptionFlag
@@ -154,7 +154,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   source = _open_dataset(config, workdir, "train")
   held_out = held_out_clips(config, workdir)
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  writer = tensorboard.summary_writer(os.path.join(workdir, "tensorboard"))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   loader = pipeline.make_loader(source, global_batch_size=config.batch_size,

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-from tensorboardX import SummaryWriter
 
 from videomar_jax.data import bouncing_balls, latent_cache, pipeline
 from videomar_jax.models.videomar import VideoMAR
@@ -32,6 +31,7 @@ from videomar_jax.parallel.rules import rules_from_config
 from videomar_jax.tokenizers import make_tokenizer, store
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train.checkpoint import Checkpointer
+from videomar_jax.train import tensorboard
 from videomar_jax.train.report import write_loss_report
 from videomar_jax.train.state import TrainState, make_train_step
 
@@ -217,7 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               config.train.checkpoint_dir)
   if config.train.checkpoint_dir:  # as resolved, so readers elsewhere find the same place
     config.train.checkpoint_dir = checkpointer.directory
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if is_main else None
+  writer = tensorboard.summary_writer(os.path.join(workdir, "tensorboard")) if is_main else None
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
