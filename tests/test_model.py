@@ -170,9 +170,20 @@ def test_wrong_token_width_is_a_clear_error():
 
 def test_presets_parameter_counts():
   counts = {}
-  for preset in ("tiny", "small", "base", "paper"):
+  for preset in ("tiny", "tiny_long", "small", "base", "paper"):
     model = VideoMAR(load_config(preset))
     counts[preset] = sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(
         model.abstract_params()))
   assert counts["tiny"] < counts["small"] < counts["base"] < counts["paper"]
+  assert counts["tiny_long"] == counts["tiny"]
   assert 1.3e9 < counts["paper"] < 1.5e9, counts  # the paper's "1.4B"
+
+
+def test_tiny_long_is_the_tiny_recipe_trained_longer():
+  tiny, long = load_config("tiny").to_dict(), load_config("tiny_long").to_dict()
+  tiny_stages, long_stages = tiny.pop("stages"), long.pop("stages")
+  assert (tiny.pop("preset"), long.pop("preset")) == ("tiny", "tiny_long")
+  assert long == tiny
+  assert [s["steps"] for s in long_stages] == [2300, 880]
+  for a, b in zip(tiny_stages, long_stages):
+    assert {**a, "steps": 0} == {**b, "steps": 0}
