@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config, perturb, small_config
-from videomar_jax.models import rope, sequence
+from videomar_jax.models import attention, rope, sequence
 from videomar_jax.models.transformer import layers_to_scanned, scanned_to_layers
 from videomar_jax.models.videomar import VideoMAR
 
@@ -88,6 +88,39 @@ def test_query_chunked_attention_keeps_outputs_and_gradients(chunk):
   g1, g2 = jax.grad(loss(model))(params), jax.grad(loss(chunked))(params)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                          g1, g2)
+
+
+def _all_frames_layout(num_frames=4, num_cond=1):
+  frames = np.concatenate([np.arange(num_frames - 1), np.arange(num_cond, num_frames)])
+  return frames, np.arange(len(frames)) >= num_frames - 1
+
+
+def test_frame_block_mask_means_the_dense_mask():
+  frames, is_target = _all_frames_layout()
+  block = sequence.frame_block_mask(frames, is_target, N)
+  assert isinstance(block, attention.FrameBlockMask)
+  dense = sequence.attention_mask(*2 * (np.repeat(frames, N), np.repeat(is_target, N)))
+  np.testing.assert_array_equal(block.dense(), dense)
+  # A frame-causal clip skips nothing once rows are padded: it stays dense.
+  causal = sequence.frame_block_mask(np.arange(4), np.zeros(4, bool), N)
+  np.testing.assert_array_equal(causal, sequence.frame_causal_mask(4, N))
+
+
+@pytest.mark.parametrize("chunk", [0, 7])  # 7: the query-chunked path takes the dense form
+def test_frame_block_attention_keeps_outputs_and_gradients(chunk):
+  frames, is_target = _all_frames_layout()
+  block = sequence.frame_block_mask(frames, is_target, N)
+  dense = block.dense()[None, None]
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, len(frames) * N, 2, 4)) for i in range(3))
+  run = lambda mask: lambda q, k, v: attention.dot_product_attention(q, k, v, mask, chunk)
+  np.testing.assert_allclose(run(block)(q, k, v), run(dense)(q, k, v), rtol=1e-5, atol=1e-6)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  g1 = jax.grad(loss(run(block)), argnums=(0, 1, 2))(q, k, v)
+  g2 = jax.grad(loss(run(dense)), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g1, g2):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="does not fit"):
+    attention.dot_product_attention(q[:, :N], k, v, block)
 
 
 def _context_model(kind):

@@ -1,5 +1,7 @@
 """Next-frame diffusion loss: mode equivalence, causality, bi-directionality, mask hygiene."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from conftest import perturb, small_config
 from videomar_jax.losses import next_frame
+from videomar_jax.models import attention, sequence
 from videomar_jax.models.videomar import VideoMAR
 
 B, T, H, W = 2, 4, 2, 3
@@ -296,3 +299,22 @@ def test_own_context_settings_are_checked(setup, overrides, message):
     _loss_draws(model, "all_frames", **overrides)
   with pytest.raises(ValueError, match="all_frames"):
     _loss_draws(model, "paper", own_context_prob=0.5)
+
+
+def test_block_sparse_all_frames_attention_equals_the_dense_mask(setup, monkeypatch):
+  """The all-frames sequence attends block by block (skipping the target-to-target blocks
+  and the future); loss and gradients must be those of the dense [S, S] mask."""
+  model, params, tokens = setup
+  _, mask = next_frame.sequence_layout("all_frames", T, N_COND, H, W)
+  assert isinstance(mask, attention.FrameBlockMask)
+  draws = _draws(model, "all_frames")
+  loss = lambda p: jnp.mean(_losses(model, p, tokens, draws, "all_frames"))
+  sparse_loss, sparse_grads = jax.value_and_grad(loss)(params)
+  dense_layout = functools.partial(sequence.frame_block_mask, min_saving=2.0)  # never sparse
+  monkeypatch.setattr(sequence, "frame_block_mask", dense_layout)
+  assert not isinstance(next_frame.sequence_layout("all_frames", T, N_COND, H, W)[1],
+                        attention.FrameBlockMask)
+  dense_loss, dense_grads = jax.value_and_grad(loss)(params)
+  np.testing.assert_allclose(sparse_loss, dense_loss, rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         sparse_grads, dense_grads)

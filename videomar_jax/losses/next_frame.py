@@ -200,7 +200,8 @@ def own_predictions(model, params, tokens: jax.Array, draws: LossDraws, *, num_c
 
 def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int,
                     temporal_attention: str = "causal"):
-  """Static (positions [S, 3], attention mask [S, S]) of the training sequence (for
+  """Static (positions [S, 3], attention mask) of the training sequence. The mask is [S, S]
+  or a `FrameBlockMask` of the same meaning (see `sequence.frame_block_mask`; for
   bidirectional attention: all ones; `paper` mode then cuts the frames after the target
   per sample, see `conditions_and_targets`)."""
   check_modes(mode, temporal_attention)
@@ -211,11 +212,10 @@ def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int,
     frames = np.concatenate([np.arange(num_frames - 1), np.arange(num_cond, num_frames)])
     is_target = np.arange(len(frames)) >= num_frames - 1
   n = h * w
-  token_frames = np.repeat(frames, n).astype(np.int32)
-  token_is_target = np.repeat(is_target, n)
-  mask = sequence.attention_mask(token_frames, token_is_target, token_frames, token_is_target)
   if temporal_attention == "bidirectional":
-    mask = jnp.ones_like(mask)
+    mask = jnp.ones((len(frames) * n, len(frames) * n), bool)
+  else:  # all_frames: block-sparse (about half the attention work of the dense mask)
+    mask = sequence.frame_block_mask(frames, is_target, n)
   return sequence.frame_positions(frames, h, w), mask
 
 

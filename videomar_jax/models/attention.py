@@ -11,13 +11,54 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from videomar_jax.models import rope
 from videomar_jax.models.layers import RMSNorm, dense
 
 
+@jax.tree_util.register_pytree_node_class
+class FrameBlockMask:
+  """A self-attention mask made of whole blocks (frames of `block_size` tokens), stored
+  sparsely: query block i attends to the key blocks `key_blocks[i]` (a static tuple, padded
+  to one length K with slots that `visible` switches off). `visible` is [num_query_blocks,
+  K * block_size] bool, one flag per key slot.
+
+  The all-frames training sequence needs it: a target frame sees the context frames before
+  it and itself, never the other target frames, so the dense [S, S] product spends about
+  half of its work on scores it then throws away (`models/sequence.py:frame_block_mask`
+  builds one only when it skips at least a quarter of the blocks).
+  """
+
+  def __init__(self, key_blocks, block_size: int, num_key_blocks: int, visible):
+    self.key_blocks = tuple(tuple(int(j) for j in row) for row in key_blocks)
+    self.block_size = int(block_size)
+    self.num_key_blocks = int(num_key_blocks)
+    self.visible = visible
+
+  def tree_flatten(self):
+    return (self.visible,), (self.key_blocks, self.block_size, self.num_key_blocks)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(*aux, *children)
+
+  def dense(self) -> jax.Array:
+    """The same mask as a dense [Sq, Sk] boolean array."""
+    bs, slots = self.block_size, len(self.key_blocks[0])
+    visible = jnp.asarray(self.visible).reshape(len(self.key_blocks), slots, bs)
+    rows = []
+    for i, row in enumerate(self.key_blocks):
+      blocks = [jnp.zeros((bs,), bool) for _ in range(self.num_key_blocks)]
+      for slot, j in enumerate(row):
+        blocks[j] = blocks[j] | visible[i, slot]
+      rows.append(jnp.broadcast_to(jnp.concatenate(blocks), (bs, self.num_key_blocks * bs)))
+    return jnp.concatenate(rows, axis=0)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array | None, chunk: int = 0) -> jax.Array:
+                          mask: "jax.Array | FrameBlockMask | None",
+                          chunk: int = 0) -> jax.Array:
   """Softmax attention with logits and softmax in float32.
 
   q [B, Sq, H, hd], k/v [B, Sk, H, hd], mask boolean broadcastable to [B, H, Sq, Sk].
@@ -30,7 +71,14 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   score computation in the backward pass for memory (25600-token clips need it). The
   boolean mask is the caller's ([S, S] bytes, shared by batch and heads: 655 MB at 25600);
   blocks are sliced out of it, not copied.
+
+  A `FrameBlockMask` computes only the blocks it lists (same values up to float
+  summation order); with `chunk` it falls back to its dense form.
   """
+  if isinstance(mask, FrameBlockMask):
+    if not (chunk and q.shape[1] > chunk):
+      return _frame_block_attention(q, k, v, mask)
+    mask = mask.dense()[None, None]
   if chunk and q.shape[1] > chunk:
     return _chunked_attention(q, k, v, mask, chunk)
   scale = q.shape[-1] ** -0.5
@@ -39,6 +87,29 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def _frame_block_attention(q, k, v, mask: FrameBlockMask) -> jax.Array:
+  """Each query block against its own key blocks only: [B, nq, bs] x [B, nq, K * bs]."""
+  b, sq, h, hd = q.shape
+  bs, nq = mask.block_size, len(mask.key_blocks)
+  if sq != nq * bs or k.shape[1] != mask.num_key_blocks * bs:
+    raise ValueError(f"a FrameBlockMask of {nq} x {mask.num_key_blocks} blocks of {bs} "
+                     f"tokens does not fit {sq} queries and {k.shape[1]} keys.")
+  slots = len(mask.key_blocks[0])
+
+  def gather(x):  # [B, Sk, H, hd] -> [B, nq, K * bs, H, hd]; static slices, no scatter
+    blocks = x.reshape(b, mask.num_key_blocks, bs, h, hd)
+    rows = [jnp.concatenate([blocks[:, j] for j in row], axis=1) for row in mask.key_blocks]
+    return jnp.stack(rows, axis=1).reshape(b, nq, slots * bs, h, hd)
+
+  scale = hd ** -0.5
+  logits = jnp.einsum("bnqhd,bnkhd->bnhqk", q.reshape(b, nq, bs, h, hd), gather(k),
+                      preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(jnp.asarray(mask.visible)[None, :, None, None, :], logits,
+                     jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bnhqk,bnkhd->bnqhd", weights, gather(v)).reshape(b, sq, h, hd)
 
 
 def _chunked_attention(q, k, v, mask, chunk: int) -> jax.Array:

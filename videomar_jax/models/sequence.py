@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videomar_jax.models.attention import FrameBlockMask
 from videomar_jax.tokenizers.patch import depth_to_space, space_to_depth
 
 EMPTY_FRAME = np.iinfo(np.int32).max  # frame index of keys nobody may attend to
@@ -31,17 +32,39 @@ def frame_positions(frame_indices, h: int, w: int) -> np.ndarray:
   return np.concatenate(out, axis=0) if out else np.zeros((0, 3), np.int32)
 
 
-def attention_mask(q_frame, q_is_target, k_frame, k_is_target) -> jax.Array:
+def attention_mask(q_frame, q_is_target, k_frame, k_is_target, xp=jnp) -> jax.Array:
   """Boolean [Sq, Sk] (or batched) mask: which keys each query may attend to.
 
   Args are integer frame indices and boolean stream flags for queries and keys; leading
-  batch dims broadcast.
+  batch dims broadcast. `xp=np` computes it as a static NumPy array.
   """
-  q_frame, k_frame = jnp.asarray(q_frame)[..., :, None], jnp.asarray(k_frame)[..., None, :]
-  q_tgt, k_tgt = jnp.asarray(q_is_target)[..., :, None], jnp.asarray(k_is_target)[..., None, :]
-  see_context = ~k_tgt & jnp.where(q_tgt, k_frame < q_frame, k_frame <= q_frame)
+  q_frame, k_frame = xp.asarray(q_frame)[..., :, None], xp.asarray(k_frame)[..., None, :]
+  q_tgt, k_tgt = xp.asarray(q_is_target)[..., :, None], xp.asarray(k_is_target)[..., None, :]
+  see_context = ~k_tgt & xp.where(q_tgt, k_frame < q_frame, k_frame <= q_frame)
   see_own_target = k_tgt & q_tgt & (k_frame == q_frame)
   return see_context | see_own_target
+
+
+def frame_block_mask(frames, is_target, tokens_per_frame: int, min_saving: float = 0.25):
+  """The self-attention mask of a sequence of whole frames (`frames[i]`, `is_target[i]`
+  describe its i-th frame): a sparse `FrameBlockMask` when it skips at least `min_saving`
+  of the frame-by-frame blocks of the dense product (the all-frames training sequence: ~half),
+  else the dense [S, S] mask (a frame-causal clip: padding every query frame to the longest
+  row of visible frames would skip nothing)."""
+  frame_mask = attention_mask(frames, is_target, frames, is_target, xp=np)  # [F, F]
+  num_frames = frame_mask.shape[0]
+  visible = [np.flatnonzero(row) for row in frame_mask]
+  slots = max(len(v) for v in visible)
+  if slots > (1.0 - min_saving) * num_frames:
+    token_frames = np.repeat(np.asarray(frames, np.int32), tokens_per_frame)
+    token_is_target = np.repeat(np.asarray(is_target, bool), tokens_per_frame)
+    return attention_mask(token_frames, token_is_target, token_frames, token_is_target)
+  # Short rows are padded with their first block, switched off in `visible_slots`.
+  key_blocks = [list(v) + [v[0]] * (slots - len(v)) for v in visible]
+  visible_slots = np.zeros((num_frames, slots * tokens_per_frame), bool)
+  for i, v in enumerate(visible):
+    visible_slots[i, :len(v) * tokens_per_frame] = True
+  return FrameBlockMask(key_blocks, tokens_per_frame, num_frames, visible_slots)
 
 
 def frame_causal_mask(num_frames: int, tokens_per_frame: int) -> jax.Array:

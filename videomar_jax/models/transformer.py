@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from videomar_jax.models import rope
-from videomar_jax.models.attention import CrossAttention, SelfAttention
+from videomar_jax.models.attention import CrossAttention, FrameBlockMask, SelfAttention
 from videomar_jax.models.layers import LayerNorm, constrain, dense
 
 # Logical axes of the residual stream [B, S, D]; `config.sharding.rules` maps them to the mesh
@@ -196,7 +196,8 @@ class VideoMARTransformer(nn.Module):
       tokens: [B, S, token_dim] token values; the values at masked positions are never read.
       is_masked: [B, S] bool, True where the token is replaced by `mask_token`.
       positions: [S, 3] or [B, S, 3] integer (frame, row, column) RoPE positions.
-      attn_mask: boolean [Sq, Sk] or [B, Sq, Sk], see `sequence.attention_mask`.
+      attn_mask: boolean [Sq, Sk] or [B, Sq, Sk], see `sequence.attention_mask`, or a
+        `FrameBlockMask` (see `sequence.frame_block_mask`).
       context, context_mask, drop_context: see `embed_context`.
       kv_cache: optional {"k", "v"}: [depth, B, S_cache, H, hd] keys and values of earlier
         tokens; `attn_mask`'s key axis is then [cache slots, then these tokens].
@@ -222,7 +223,8 @@ class VideoMARTransformer(nn.Module):
     self.sow("intermediates", "input_proj", x)
 
     ctx, ctx_mask = self.embed_context(b, context, context_mask, drop_context)
-    attn_mask = attn_mask[:, None] if attn_mask.ndim == 3 else attn_mask[None, None]
+    if not isinstance(attn_mask, FrameBlockMask):  # -> broadcastable to [B, H, Sq, Sk]
+      attn_mask = attn_mask[:, None] if attn_mask.ndim == 3 else attn_mask[None, None]
     if cfg.scan_layers:
       block = Block
       if cfg.remat_policy != "none":
