@@ -3,8 +3,9 @@
 FLOPs count multiply-adds as 2 FLOPs and only matmuls (norms, RoPE, softmax are ignored).
 Per transformer layer and token of a sequence of S tokens with width D:
   self-attention projections  2 * (3D*D + D*D)
-  attention scores and mix    2 * 2 * S * D   (the dense S x S product that runs; the frame-
-                                               causal mask does not skip work)
+  attention scores and mix    2 * 2 * K * D   (the product that runs: K = S keys, the frame-
+                                               causal mask does not skip work; the all-frames
+                                               sequence attends block by block to K = T * N)
   cross-attention (context)   2 * 2 * D*D + 2 * 2 * L * D, plus 2 * L * 2D*D per example
   FFN                         2 * 2 * D * mlp_ratio*D
 plus z_proj (2 * token_dim * D per token). The diffusion head (width W, depth K) costs per
@@ -75,7 +76,10 @@ def train_flops_per_example(config: ml_collections.ConfigDict, num_frames: int,
                             resolution: int, token_dim: int) -> float:
   shape = sequence_shape(config, num_frames, resolution)
   s = shape["sequence_length"]
+  # all_frames: each query frame attends to at most T frame blocks (models/sequence.py).
+  keys = (min(s, shape["latent_frames"] * shape["tokens_per_frame"])
+          if config.loss.mode == "all_frames" else s)
   head_tokens = (shape["supervised_frames"] * shape["tokens_per_frame"]
                  * config.head.diffusion_batch_mul)
-  return 3.0 * (transformer_pass_flops(config, s, s, token_dim)
+  return 3.0 * (transformer_pass_flops(config, s, keys, token_dim)
                 + head_tokens * head_flops_per_token(config, token_dim))
