@@ -20,39 +20,49 @@ from videomar_jax.models.layers import RMSNorm, dense
 @jax.tree_util.register_pytree_node_class
 class FrameBlockMask:
   """A self-attention mask made of whole blocks (frames of `block_size` tokens), stored
-  sparsely: query block i attends to the key blocks `key_blocks[i]` (a static tuple, padded
-  to one length K with slots that `visible` switches off). `visible` is [num_query_blocks,
-  K * block_size] bool, one flag per key slot.
+  sparsely. The query blocks are cut into consecutive groups; in group g, query block i
+  attends to the key blocks `groups[g][i]` (static, padded to the group's longest row with
+  slots that `visible[g]`, [rows of g, K_g * block_size] bool, switches off).
 
   The all-frames training sequence needs it: a target frame sees the context frames before
-  it and itself, never the other target frames, so the dense [S, S] product spends about
-  half of its work on scores it then throws away (`models/sequence.py:frame_block_mask`
-  builds one only when it skips at least a quarter of the blocks).
+  it and itself, never the other target frames, so the dense [S, S] product spends most of
+  its work on scores it then throws away (`models/sequence.py:frame_block_mask` builds one
+  only when it skips at least a quarter of the blocks). Groups keep short rows (early
+  frames) from being padded to the longest one.
   """
 
-  def __init__(self, key_blocks, block_size: int, num_key_blocks: int, visible):
-    self.key_blocks = tuple(tuple(int(j) for j in row) for row in key_blocks)
+  def __init__(self, groups, block_size: int, num_key_blocks: int, visible):
+    self.groups = tuple(tuple(tuple(int(j) for j in row) for row in g) for g in groups)
     self.block_size = int(block_size)
     self.num_key_blocks = int(num_key_blocks)
-    self.visible = visible
+    self.visible = tuple(visible)
+
+  @property
+  def num_query_blocks(self) -> int:
+    return sum(len(g) for g in self.groups)
+
+  @property
+  def num_computed_blocks(self) -> int:
+    """Query-by-key blocks the attention computes (the dense product: Q * K of them)."""
+    return sum(len(g) * len(g[0]) for g in self.groups)
 
   def tree_flatten(self):
-    return (self.visible,), (self.key_blocks, self.block_size, self.num_key_blocks)
+    return self.visible, (self.groups, self.block_size, self.num_key_blocks)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
-    return cls(*aux, *children)
+    return cls(*aux, children)
 
   def dense(self) -> jax.Array:
     """The same mask as a dense [Sq, Sk] boolean array."""
-    bs, slots = self.block_size, len(self.key_blocks[0])
-    visible = jnp.asarray(self.visible).reshape(len(self.key_blocks), slots, bs)
-    rows = []
-    for i, row in enumerate(self.key_blocks):
-      blocks = [jnp.zeros((bs,), bool) for _ in range(self.num_key_blocks)]
-      for slot, j in enumerate(row):
-        blocks[j] = blocks[j] | visible[i, slot]
-      rows.append(jnp.broadcast_to(jnp.concatenate(blocks), (bs, self.num_key_blocks * bs)))
+    bs, rows = self.block_size, []
+    for group, visible in zip(self.groups, self.visible):
+      visible = jnp.asarray(visible).reshape(len(group), len(group[0]), bs)
+      for i, row in enumerate(group):
+        blocks = [jnp.zeros((bs,), bool) for _ in range(self.num_key_blocks)]
+        for slot, j in enumerate(row):
+          blocks[j] = blocks[j] | visible[i, slot]
+        rows.append(jnp.broadcast_to(jnp.concatenate(blocks), (bs, self.num_key_blocks * bs)))
     return jnp.concatenate(rows, axis=0)
 
 
@@ -90,29 +100,35 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 
 def _frame_block_attention(q, k, v, mask: FrameBlockMask) -> jax.Array:
-  """Each query block against its own key blocks only: [B, H, nq, bs] x [B, H, nq, K * bs].
+  """Each query block against its own key blocks only, group by group:
+  [B, H, rows, bs] x [B, H, rows, K_g * bs].
 
   Heads go in front once, before the key blocks are gathered, so the two products and the
   softmax run on contiguous blocks (measured on CPU: the [B, S, H, hd] layout costs the
   transposes the dense path avoids inside its einsum)."""
   b, sq, h, hd = q.shape
-  bs, nq = mask.block_size, len(mask.key_blocks)
-  if sq != nq * bs or k.shape[1] != mask.num_key_blocks * bs:
-    raise ValueError(f"a FrameBlockMask of {nq} x {mask.num_key_blocks} blocks of {bs} "
+  bs, nk = mask.block_size, mask.num_key_blocks
+  if sq != mask.num_query_blocks * bs or k.shape[1] != nk * bs:
+    raise ValueError(f"a FrameBlockMask of {mask.num_query_blocks} x {nk} blocks of {bs} "
                      f"tokens does not fit {sq} queries and {k.shape[1]} keys.")
-  index = np.asarray(mask.key_blocks)  # [nq, K], static
+  q_blocks = q.transpose(0, 2, 1, 3).reshape(b, h, mask.num_query_blocks, bs, hd)
+  k_blocks, v_blocks = (x.transpose(0, 2, 1, 3).reshape(b, h, nk, bs, hd) for x in (k, v))
+  outputs, first = [], 0
+  for group, visible in zip(mask.groups, mask.visible):
+    index = np.asarray(group)  # [rows, K_g], static
+    rows, slots = index.shape
 
-  def gather(x):  # [B, Sk, H, hd] -> [B, H, nq, K * bs, hd]
-    blocks = x.transpose(0, 2, 1, 3).reshape(b, h, mask.num_key_blocks, bs, hd)
-    return blocks[:, :, index].reshape(b, h, nq, index.shape[1] * bs, hd)
+    def gather(blocks, index=index, rows=rows, slots=slots):  # -> [B, H, rows, K_g*bs, hd]
+      return blocks[:, :, index].reshape(b, h, rows, slots * bs, hd)
 
-  q_blocks = q.transpose(0, 2, 1, 3).reshape(b, h, nq, bs, hd)
-  logits = jnp.einsum("bhnqd,bhnkd->bhnqk", q_blocks, gather(k),
-                      preferred_element_type=jnp.float32) * hd ** -0.5
-  logits = jnp.where(jnp.asarray(mask.visible)[None, None, :, None, :], logits,
-                     jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhnqk,bhnkd->bhnqd", weights, gather(v))
+    logits = jnp.einsum("bhnqd,bhnkd->bhnqk", q_blocks[:, :, first:first + rows],
+                        gather(k_blocks), preferred_element_type=jnp.float32) * hd ** -0.5
+    logits = jnp.where(jnp.asarray(visible)[None, None, :, None, :], logits,
+                       jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    outputs.append(jnp.einsum("bhnqk,bhnkd->bhnqd", weights, gather(v_blocks)))
+    first += rows
+  out = jnp.concatenate(outputs, axis=2) if len(outputs) > 1 else outputs[0]
   return out.reshape(b, h, sq, hd).transpose(0, 2, 1, 3)
 
 
