@@ -126,6 +126,21 @@ def test_frame_block_attention_keeps_outputs_and_gradients(chunk):
     attention.dot_product_attention(q[:, :N], k, v, block)
 
 
+def test_flop_count_follows_the_blocks_attention_computes():
+  from videomar_jax import flops  # pylint: disable=g-import-not-at-top
+  from videomar_jax.losses import next_frame  # pylint: disable=g-import-not-at-top
+  frames, is_target = next_frame.sequence_frames("all_frames", 8, 1)
+  block = sequence.frame_block_mask(frames, is_target, N)
+  assert block.num_computed_blocks == 81  # of 14 x 14
+  assert sequence.attended_key_fraction(frames, is_target) == 81 / 196
+  config = load_config("tiny")
+  sparse = flops.train_flops_per_example(config, 8, 32, 48)
+  config.model.attention_chunk = 64  # query chunks take the dense mask
+  dense = flops.train_flops_per_example(config, 8, 32, 48)
+  s, d, depth = 14 * 64, config.model.width, config.model.depth
+  assert dense - sparse == pytest.approx(3 * depth * s * 2 * 2 * d * s * (1 - 81 / 196))
+
+
 def _context_model(kind):
   config = small_config()
   config.model.context.kind = kind

@@ -3,9 +3,10 @@
 FLOPs count multiply-adds as 2 FLOPs and only matmuls (norms, RoPE, softmax are ignored).
 Per transformer layer and token of a sequence of S tokens with width D:
   self-attention projections  2 * (3D*D + D*D)
-  attention scores and mix    2 * 2 * K * D   (the product that runs: K = S keys, the frame-
-                                               causal mask does not skip work; the all-frames
-                                               sequence attends block by block to K = T * N)
+  attention scores and mix    2 * 2 * K * D   (the product that runs: K = the keys of
+                                               the frame blocks each query's group computes,
+                                               on average; S where the mask stays dense, see
+                                               sequence.frame_block_mask)
   cross-attention (context)   2 * 2 * D*D + 2 * 2 * L * D, plus 2 * L * 2D*D per example
   FFN                         2 * 2 * D * mlp_ratio*D
 plus z_proj (2 * token_dim * D per token). The diffusion head (width W, depth K) costs per
@@ -18,7 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from videomar_jax.losses.next_frame import num_supervised_frames
+from videomar_jax.losses.next_frame import num_supervised_frames, sequence_frames
+from videomar_jax.models import sequence
 from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.tokenizers.geometry import tokenizer_geometry
 
@@ -76,9 +78,12 @@ def train_flops_per_example(config: ml_collections.ConfigDict, num_frames: int,
                             resolution: int, token_dim: int) -> float:
   shape = sequence_shape(config, num_frames, resolution)
   s = shape["sequence_length"]
-  # all_frames: each query frame attends to at most T frame blocks (models/sequence.py).
-  keys = (min(s, shape["latent_frames"] * shape["tokens_per_frame"])
-          if config.loss.mode == "all_frames" else s)
+  keys = s
+  chunk = config.model.attention_chunk
+  if config.model.temporal_attention == "causal" and not (chunk and s > chunk):
+    # computed block by block (query chunks take the dense mask)
+    keys = s * sequence.attended_key_fraction(*sequence_frames(
+        config.loss.mode, shape["latent_frames"], config.loss.num_cond_frames))
   head_tokens = (shape["supervised_frames"] * shape["tokens_per_frame"]
                  * config.head.diffusion_batch_mul)
   return 3.0 * (transformer_pass_flops(config, s, keys, token_dim)

@@ -53,13 +53,9 @@ def frame_block_mask(frames, is_target, tokens_per_frame: int, min_saving: float
   frames computes 81 of 196), else the dense [S, S] mask. Query frames are cut into at most
   `max_groups` consecutive groups, each padded to its longest row of visible frames, at the
   cut that computes the fewest blocks."""
-  frame_mask = attention_mask(frames, is_target, frames, is_target, xp=np)  # [F, F]
-  num_frames = frame_mask.shape[0]
-  visible = [np.flatnonzero(row) for row in frame_mask]
-  cuts = _fewest_block_cuts([len(v) for v in visible], max_groups)
-  computed = sum((end - start) * max(len(v) for v in visible[start:end])
-                 for start, end in cuts)
-  if computed > (1.0 - min_saving) * num_frames * num_frames:
+  num_frames = len(frames)
+  visible, cuts = _frame_block_plan(frames, is_target, max_groups)
+  if computed_blocks(visible, cuts) > (1.0 - min_saving) * num_frames * num_frames:
     token_frames = np.repeat(np.asarray(frames, np.int32), tokens_per_frame)
     token_is_target = np.repeat(np.asarray(is_target, bool), tokens_per_frame)
     return attention_mask(token_frames, token_is_target, token_frames, token_is_target)
@@ -74,6 +70,26 @@ def frame_block_mask(frames, is_target, tokens_per_frame: int, min_saving: float
       flags[i, :len(v) * tokens_per_frame] = True
     visible_slots.append(flags)
   return FrameBlockMask(groups, tokens_per_frame, num_frames, visible_slots)
+
+
+def attended_key_fraction(frames, is_target, min_saving: float = 0.25,
+                          max_groups: int = 4) -> float:
+  """The fraction of the dense [S, S] product that `frame_block_mask` computes (1.0 when it
+  stays dense); for FLOP counts."""
+  visible, cuts = _frame_block_plan(frames, is_target, max_groups)
+  fraction = computed_blocks(visible, cuts) / len(frames) ** 2
+  return fraction if fraction <= 1.0 - min_saving else 1.0
+
+
+def _frame_block_plan(frames, is_target, max_groups: int):
+  """(visible key frames of each query frame, the cut into groups)."""
+  frame_mask = attention_mask(frames, is_target, frames, is_target, xp=np)  # [F, F]
+  visible = [np.flatnonzero(row) for row in frame_mask]
+  return visible, _fewest_block_cuts([len(v) for v in visible], max_groups)
+
+
+def computed_blocks(visible, cuts) -> int:
+  return sum((end - start) * max(len(v) for v in visible[start:end]) for start, end in cuts)
 
 
 def _fewest_block_cuts(row_lengths, max_groups: int) -> list[tuple[int, int]]:
