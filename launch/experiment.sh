@@ -22,7 +22,7 @@ start=$(date +%s)
 videomar train --workdir="$WORKDIR" "$@" --config.data.data_dir="$ROOT/data"
 train_wall=$(( $(date +%s) - start ))
 videomar evaluate --workdir="$WORKDIR" --num_examples="${NUM_EXAMPLES:-64}" \
-  --seeds="${SEEDS:-0,1}" >"$WORKDIR/evaluate.log"
+  --seeds="${SEEDS:-0,1}" --num_frames="${EVAL_FRAMES:-8}" >"$WORKDIR/evaluate.log"
 tail -6 "$WORKDIR/evaluate.log"
 python -m videomar_jax.eval.experiments --append="$ROOT/results.jsonl" --name="$NAME" \
   --workdir="$WORKDIR" --train_wall_seconds="$train_wall" -- "$@"

@@ -12,6 +12,8 @@ mkdir -p "$WORKDIR"
 videomar data build --dataset=bouncing_balls --data_dir="$WORKDIR/data"
 videomar train --config=configs/videomar.py:tiny --workdir="$WORKDIR" \
   --config.data.data_dir="$WORKDIR/data" "$@"
-videomar evaluate --workdir="$WORKDIR" --num_examples=64 --seeds=0,1 --num_steps=8
+# The preset trains on 4-frame clips; the model generates 8 (docs/experiments.md, r16).
+videomar evaluate --workdir="$WORKDIR" --num_examples=64 --seeds=0,1 --num_steps=8 \
+  --num_frames=8
 echo "[quickstart] done: report in $WORKDIR/report, checkpoints in $WORKDIR/checkpoints," \
   "TensorBoard logs in $WORKDIR/tensorboard"

@@ -234,9 +234,11 @@ def test_tiny_long_is_the_tiny_recipe_trained_longer():
   tiny, long = load_config("tiny").to_dict(), load_config("tiny_long").to_dict()
   tiny_stages, long_stages = tiny.pop("stages"), long.pop("stages")
   assert (tiny.pop("preset"), long.pop("preset")) == ("tiny", "tiny_long")
-  # r8's learning rate: the tiny preset's later 3e-3 was not run at this length.
+  # r8's learning rate, batch and 4 + 8-frame curriculum: the tiny preset's later choices
+  # were not run at this length.
   assert (tiny["optim"].pop("lr"), long["optim"].pop("lr")) == (3e-3, 1e-3)
+  assert (tiny.pop("batch_size"), long.pop("batch_size")) == (4, 8)
   assert long == tiny
-  assert [s["steps"] for s in long_stages] == [2300, 880]
+  assert [(s["num_frames"], s["steps"]) for s in long_stages] == [(4, 2300), (8, 880)]
   for a, b in zip(tiny_stages, long_stages):
-    assert {**a, "steps": 0} == {**b, "steps": 0}
+    assert {**a, "steps": 0, "num_frames": 0} == {**b, "steps": 0, "num_frames": 0}
