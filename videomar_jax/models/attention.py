@@ -91,12 +91,18 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     mask = mask.dense()[None, None]
   if chunk and q.shape[1] > chunk:
     return _chunked_attention(q, k, v, mask, chunk)
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  weights = _attention_weights(logits, mask, q.shape[-1], v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def _attention_weights(logits, mask, head_dim: int, dtype) -> jax.Array:
+  """Softmax over the last axis (keys) of q.k / sqrt(head_dim), in float32. Disallowed keys
+  (mask False) get the most negative float, so they weigh exactly zero."""
+  logits = logits * head_dim ** -0.5
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
 
 def _frame_block_attention(q, k, v, mask: FrameBlockMask) -> jax.Array:
@@ -122,10 +128,9 @@ def _frame_block_attention(q, k, v, mask: FrameBlockMask) -> jax.Array:
       return blocks[:, :, index].reshape(b, h, rows, slots * bs, hd)
 
     logits = jnp.einsum("bhnqd,bhnkd->bhnqk", q_blocks[:, :, first:first + rows],
-                        gather(k_blocks), preferred_element_type=jnp.float32) * hd ** -0.5
-    logits = jnp.where(jnp.asarray(visible)[None, None, :, None, :], logits,
-                       jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+                        gather(k_blocks), preferred_element_type=jnp.float32)
+    weights = _attention_weights(logits, jnp.asarray(visible)[None, None, :, None, :], hd,
+                                 v.dtype)
     outputs.append(jnp.einsum("bhnqk,bhnkd->bhnqd", weights, gather(v_blocks)))
     first += rows
   out = jnp.concatenate(outputs, axis=2) if len(outputs) > 1 else outputs[0]

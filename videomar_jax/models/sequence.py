@@ -54,11 +54,11 @@ def frame_block_mask(frames, is_target, tokens_per_frame: int, min_saving: float
   `max_groups` consecutive groups, each padded to its longest row of visible frames, at the
   cut that computes the fewest blocks."""
   num_frames = len(frames)
-  visible, cuts = _frame_block_plan(frames, is_target, max_groups)
-  if computed_blocks(visible, cuts) > (1.0 - min_saving) * num_frames * num_frames:
+  if attended_key_fraction(frames, is_target, min_saving, max_groups) == 1.0:
     token_frames = np.repeat(np.asarray(frames, np.int32), tokens_per_frame)
     token_is_target = np.repeat(np.asarray(is_target, bool), tokens_per_frame)
     return attention_mask(token_frames, token_is_target, token_frames, token_is_target)
+  visible, cuts = _frame_block_plan(frames, is_target, max_groups)
   groups, visible_slots = [], []
   for start, end in cuts:
     rows = visible[start:end]
@@ -77,7 +77,7 @@ def attended_key_fraction(frames, is_target, min_saving: float = 0.25,
   """The fraction of the dense [S, S] product that `frame_block_mask` computes (1.0 when it
   stays dense); for FLOP counts."""
   visible, cuts = _frame_block_plan(frames, is_target, max_groups)
-  fraction = computed_blocks(visible, cuts) / len(frames) ** 2
+  fraction = _computed_blocks(visible, cuts) / len(frames) ** 2
   return fraction if fraction <= 1.0 - min_saving else 1.0
 
 
@@ -88,7 +88,7 @@ def _frame_block_plan(frames, is_target, max_groups: int):
   return visible, _fewest_block_cuts([len(v) for v in visible], max_groups)
 
 
-def computed_blocks(visible, cuts) -> int:
+def _computed_blocks(visible, cuts) -> int:
   return sum((end - start) * max(len(v) for v in visible[start:end]) for start, end in cuts)
 
 
