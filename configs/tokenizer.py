@@ -79,4 +79,7 @@ def get_config(arg: str = "CV4x8x8-narrow") -> ml_collections.ConfigDict:
   # Latent scale written with the tokenizer (what VideoMAR multiplies latents by);
   # 0 = 1 / std of the held-out latents, so that the generator sees unit variance.
   config.latent_scale = 0.0
+  # Locked: a config file built from this one that misspells a key fails there, not
+  # silently (existing keys can still be changed).
+  config.lock()
   return config

@@ -251,4 +251,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         ml_collections.ConfigDict(dict(num_frames=97, resolution=256, steps=20000, batch_size=0)),
         ml_collections.ConfigDict(dict(num_frames=193, resolution=256, steps=20000, batch_size=0)),
     ]
+  # Locked: a config file built from this one that misspells a key fails there, not
+  # silently (existing keys can still be changed).
+  config.lock()
   return config

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from videomar_jax import flops
+from videomar_jax.errors import ConfigError
 from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.parallel import partition
 from videomar_jax.parallel.mesh import MESH_AXES, make_mesh
@@ -49,7 +50,7 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int],
   """Compiles the train step for `mesh_sizes` ({"data": 4, "fsdp": 16, "tensor": 1})."""
   num_devices = math.prod(mesh_sizes[a] for a in MESH_AXES)
   if any(mesh_sizes[a] < 1 for a in MESH_AXES):
-    raise ValueError(f"plan needs explicit positive mesh sizes, got {mesh_sizes}.")
+    raise ConfigError(f"plan needs explicit positive mesh sizes, got {mesh_sizes}.")
   mesh = make_mesh(mesh_sizes, jax.devices()[:num_devices])
   model = VideoMAR(config)
   stage = config.stages[stage_index]
@@ -67,7 +68,7 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int],
       (batch_size, shape["latent_frames"], side, side, geometry.latent_channels), jnp.float32,
       sharding=partition.batch_sharding(mesh))
   if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-    raise ValueError(f"batch size {batch_size} is not divisible by data x fsdp = "
+    raise ConfigError(f"batch size {batch_size} is not divisible by data x fsdp = "
                      f"{mesh.shape['data'] * mesh.shape['fsdp']}.")
   step = partition.shard_train_step(
       make_train_step(model, None, optimizer, config.optim.ema_decay), shardings, mesh, rules)

@@ -30,7 +30,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videomar_jax.cli import tokenizer_commands, torch_commands
+from videomar_jax.cli import config_errors, tokenizer_commands, torch_commands
+from videomar_jax.errors import ConfigError, UserError
 
 COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler",
             "bench train", "bench tokenizer", "plan", "verify", "torch export", "torch keys",
@@ -133,12 +134,19 @@ def cmd_data_build(_):
 def cmd_info(_):
   from videomar_jax import flops  # pylint: disable=g-import-not-at-top
   from videomar_jax.models.videomar import VideoMAR  # pylint: disable=g-import-not-at-top
+  from videomar_jax.train import trainer  # pylint: disable=g-import-not-at-top
   config = _require(_CONFIG, "info")
+  if _NUM_FRAMES_INFO.value:  # the clip length to describe instead of the last stage's
+    if _NUM_FRAMES_INFO.value < 0:
+      raise ConfigError(f"--info_num_frames={_NUM_FRAMES_INFO.value} must be >= 1 (0 = the "
+                        "last stage's frames).")
+    config.stages[-1].num_frames = _NUM_FRAMES_INFO.value
+  trainer.validate(config)
   model = VideoMAR(config)
   counts = flops.params_per_module(model)
   total = sum(counts.values())
   stage = config.stages[-1]
-  num_frames = _NUM_FRAMES_INFO.value or stage.num_frames
+  num_frames = stage.num_frames
   shape = flops.sequence_shape(config, num_frames, stage.resolution)
   per_example = flops.train_flops_per_example(config, num_frames, stage.resolution,
                                               model.token_dim)
@@ -254,10 +262,12 @@ def cmd_plan(_):
   # pylint: disable=g-import-not-at-top
   from videomar_jax import plan
   from videomar_jax.parallel.mesh import parse_mesh
+  from videomar_jax.train import trainer
   # pylint: enable=g-import-not-at-top
   config = _require(_CONFIG, "plan")
   sizes = parse_mesh(_require(_MESH, "plan"))
-  plan.ensure_cpu_devices(math.prod(sizes.values()))
+  plan.ensure_cpu_devices(math.prod(sizes.values()))  # before JAX starts its backend
+  trainer.validate(config)  # before minutes of compiling
   start = time.perf_counter()
   result = plan.plan(config, sizes)
   result["compile_seconds"] = time.perf_counter() - start
@@ -271,12 +281,14 @@ def cmd_plan(_):
 
 def cmd_bench_train(_):
   from videomar_jax.bench_train import bench_train  # pylint: disable=g-import-not-at-top
+  from videomar_jax.train import trainer  # pylint: disable=g-import-not-at-top
   config = _require(_CONFIG, "bench train")
   if _MESH.value:
     from videomar_jax.parallel.mesh import parse_mesh  # pylint: disable=g-import-not-at-top
     sizes = parse_mesh(_MESH.value)
     config.mesh.update(sizes)
     config.mesh.num_devices = math.prod(sizes.values())  # e.g. data:1 on a 4-GPU host
+  trainer.validate(config)
   result = bench_train(config, steps=_REPEATS.value)
   text = json.dumps(result, indent=2)
   print(text, flush=True)
@@ -331,26 +343,15 @@ def run(argv=None):
           file=sys.stderr)
     sys.exit(2)
   rest = argv[1 + len(command.split()):]
-  app.run(_quiet_libraries(HANDLERS[command]), argv=[f"{prog} {command}"] + rest)
+  full_argv = [f"{prog} {command}"] + rest
+  handler = _quiet_libraries(HANDLERS[command])
 
-
-def _user_errors() -> tuple:
-  """Errors that describe bad input (a missing file, a checkpoint for another model): the
-  message says it all, a traceback would only bury it."""
-  # pylint: disable=import-outside-toplevel
-  from videomar_jax.interop.checkpoints import CheckpointFileError
-  from videomar_jax.interop.keys import KeyMapError
-  from videomar_jax.interop.layout import LayoutError
-  from videomar_jax.interop.safetensors_io import SafetensorsError
-  from videomar_jax.interop.verify import InputError
-  from videomar_jax.cli.tokenizer_commands import TokenizerInputError
-  from videomar_jax.data.latent_cache import LatentCacheError
-  from videomar_jax.interop.cosmos_convert import CosmosConversionError
-  from videomar_jax.interop.cosmos_keys import CosmosKeyError
-  from videomar_jax.tokenizers.store import TokenizerStoreError
-  return (FileNotFoundError, CheckpointFileError, LayoutError, SafetensorsError, InputError,
-          TokenizerInputError, LatentCacheError, CosmosConversionError, CosmosKeyError,
-          TokenizerStoreError, KeyMapError)
+  def run_app(started):
+    def main(args):
+      started()
+      return handler(args)
+    app.run(main, argv=full_argv)
+  config_errors.run_reporting_config_errors(run_app, full_argv, _want_traceback)
 
 
 def _quiet_libraries(handler):
@@ -361,10 +362,18 @@ def _quiet_libraries(handler):
       logging.set_verbosity(logging.WARNING)
     try:
       return handler(argv)
-    except _user_errors() as e:
+    except (UserError, FileNotFoundError) as e:
+      if _want_traceback():
+        raise
       print(f"ERROR: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
   return wrapped
+
+
+def _want_traceback() -> bool:
+  """Bad input prints one line; --verbosity>=1 or VIDEOMAR_TRACEBACK=1 adds the traceback."""
+  return (os.environ.get("VIDEOMAR_TRACEBACK", "") not in ("", "0") or
+          (flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].value >= 1))
 
 
 if __name__ == "__main__":

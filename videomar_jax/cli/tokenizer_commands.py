@@ -23,6 +23,8 @@ import sys
 
 from absl import app, flags
 
+from videomar_jax.errors import UserError
+
 _TORCH = flags.DEFINE_multi_string("torch", None, "tokenizer convert: PyTorch weights "
                                    "(repeat for encoder.jit and decoder.jit).")
 _VARIANT = flags.DEFINE_string("variant", None, "tokenizer convert: CV4x8x8, CV8x8x8, "
@@ -44,7 +46,7 @@ _FPS = flags.DEFINE_integer("fps", 8, "tokenizer decode: frames per second of a 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov")
 
 
-class TokenizerInputError(ValueError):
+class TokenizerInputError(UserError):
   """An input file or size the tokenizer cannot take, with the reason."""
 
 

@@ -33,12 +33,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from videomar_jax.errors import UserError
 from videomar_jax.tokenizers.base import Tokenizer, video_to_unit
 
 META_FILE = "videomar_latents.json"
 
 
-class LatentCacheError(ValueError):
+class LatentCacheError(UserError):
   """A latent cache that is missing, corrupt, or does not fit the run."""
 
 

@@ -32,13 +32,14 @@ from PIL import Image
 
 from videomar_jax.data import pipeline as data_pipeline
 from videomar_jax.data import bouncing_balls, latent_cache
+from videomar_jax.errors import UserError
 from videomar_jax.eval import balls, quality
 from videomar_jax.sampling import video_io
 from videomar_jax.sampling.generate import SamplerSettings
 from videomar_jax.sampling.pipeline import VideoGenerator, load_checkpoint
 from videomar_jax.train.trainer import open_dataset
 
-class EvaluateInputError(ValueError):
+class EvaluateInputError(UserError):
   """Settings that do not fit the run being evaluated (the CLI prints the message alone)."""
 
 

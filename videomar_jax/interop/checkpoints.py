@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from videomar_jax.errors import UserError
 from videomar_jax.interop import keys, layout, safetensors_io
 from videomar_jax.models.videomar import VideoMAR
 
@@ -23,7 +24,7 @@ _PREFIXES = ("module.", "_orig_mod.")
 HEAD_PREFIX = "diffloss.net."
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(UserError):
   """A checkpoint file that cannot be read or holds no recognisable state_dict."""
 
 

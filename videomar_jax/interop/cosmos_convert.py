@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from videomar_jax.errors import UserError
 from videomar_jax.interop import safetensors_io
 from videomar_jax.tokenizers.cosmos import CosmosConfig, abstract_params
 
@@ -69,7 +70,7 @@ _LIST_ENTRY = re.compile(rf"^({'|'.join(_LIST_NAMES)})_(\d+)$")
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 
 
-class CosmosConversionError(ValueError):
+class CosmosConversionError(UserError):
   """A state_dict that does not match the configured network.
 
   Attributes ``missing``, ``unexpected`` (torch key lists) and ``mismatched``

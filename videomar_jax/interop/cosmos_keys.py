@@ -76,8 +76,10 @@ from typing import Any
 
 import numpy as np
 
+from videomar_jax.errors import UserError
 
-class CosmosKeyError(ValueError):
+
+class CosmosKeyError(UserError):
   """Keys that cannot be mapped; `.keys` lists every one of them."""
 
   def __init__(self, direction: str, problems: list[str]):

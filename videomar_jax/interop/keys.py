@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from videomar_jax.errors import UserError
 
-class KeyMapError(ValueError):
+
+class KeyMapError(UserError):
   """A key-map file that cannot be used (unreadable, not a mapping/list, bad regex)."""
 
 

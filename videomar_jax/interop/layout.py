@@ -24,6 +24,7 @@ import re
 import jax
 import numpy as np
 
+from videomar_jax.errors import UserError
 from videomar_jax.interop import keys
 
 from videomar_jax.models.transformer import scanned_to_layers
@@ -34,7 +35,7 @@ _RENAMES = {"ff_proj": "ff.net.0.proj", "ff_out": "ff.net.2"}
 _TOP = {"transformer": "", "diffusion_head": "diffloss.net."}
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
   """PyTorch tensors that do not match the parameters of the configured model."""
 
 

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from videomar_jax.diffusion import gaussian
+from videomar_jax.errors import UserError
 from videomar_jax.models import sequence
 from videomar_jax.models.transformer import scanned_to_layers
 from videomar_jax.models.videomar import VideoMAR
@@ -36,7 +37,7 @@ TOLERANCES = {"float32": 1e-4, "bfloat16": 3e-2}
 INPUT_NAMES = ("tokens", "mask", "context", "context_mask", "timesteps", "noise")
 
 
-class InputError(ValueError):
+class InputError(UserError):
   """Verification inputs whose names, shapes or values do not fit the model."""
 
 

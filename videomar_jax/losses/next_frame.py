@@ -53,6 +53,7 @@ import ml_collections
 import numpy as np
 
 from videomar_jax.diffusion import gaussian
+from videomar_jax.errors import ConfigError
 from videomar_jax.models import sequence
 
 LOSS_MODES = ("paper", "all_frames", "mar")
@@ -94,13 +95,40 @@ def num_supervised_frames(mode: str, num_frames: int, num_cond: int) -> int:
 
 def check_modes(mode: str, temporal_attention: str) -> None:
   if mode not in LOSS_MODES:
-    raise ValueError(f"loss.mode {mode!r} not in {LOSS_MODES}.")
+    raise ConfigError(f"loss.mode {mode!r} not in {LOSS_MODES}.")
   if temporal_attention not in TEMPORAL_ATTENTION:
-    raise ValueError(f"model.temporal_attention {temporal_attention!r} not in "
+    raise ConfigError(f"model.temporal_attention {temporal_attention!r} not in "
                      f"{TEMPORAL_ATTENTION}.")
   if mode == "all_frames" and temporal_attention != "causal":
-    raise ValueError("loss.mode 'all_frames' needs model.temporal_attention 'causal' (its "
+    raise ConfigError("loss.mode 'all_frames' needs model.temporal_attention 'causal' (its "
                      "clean stream would otherwise show every frame's answer).")
+
+
+def check_config(loss_config: ml_collections.ConfigDict, temporal_attention: str,
+                 num_frames: int | None = None) -> None:
+  """Every `config.loss` setting the loss would reject, checked before anything is built
+  (`num_frames`: latent frames of a clip, when known)."""
+  mode, n_cond = loss_config.mode, loss_config.num_cond_frames
+  check_modes(mode, temporal_attention)
+  if n_cond < 1 or (num_frames is not None and n_cond >= num_frames):
+    bound = f" < num_frames={num_frames} latent frames" if num_frames is not None else ""
+    raise ConfigError(f"loss.num_cond_frames={n_cond} needs 1 <= n_cond{bound}.")
+  if not 0 <= loss_config.mask_ratio_min <= 1:
+    raise ConfigError(f"loss.mask_ratio_min={loss_config.mask_ratio_min} must be in [0, 1].")
+  noise_max = loss_config.get("context_noise", 0.0)
+  fade_max = loss_config.get("context_fade", 0.0)
+  drop_max = loss_config.get("context_token_drop", 0.0)
+  if noise_max < 0 or not 0 <= fade_max <= 1 or not 0 <= drop_max <= 1:
+    raise ConfigError(f"loss.context_noise={noise_max} must be >= 0, loss.context_fade="
+                      f"{fade_max} and loss.context_token_drop={drop_max} in [0, 1].")
+  own_prob = loss_config.get("own_context_prob", 0.0)
+  if not 0 <= own_prob <= 1:
+    raise ConfigError(f"loss.own_context_prob={own_prob} must be in [0, 1].")
+  if own_prob > 0:
+    if mode != "all_frames":
+      raise ConfigError(f"loss.own_context_prob > 0 needs loss.mode 'all_frames', not {mode!r}.")
+    if loss_config.get("own_context_steps", 0) < 1:
+      raise ConfigError("loss.own_context_steps must be >= 1 when loss.own_context_prob > 0.")
 
 
 def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: int,
@@ -108,10 +136,7 @@ def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: 
          num_timesteps: int, context_drop_prob: float = 0.0) -> LossDraws:
   """Draws target frames, masks, diffusion timesteps and noise, and context drops."""
   mode, n_cond = loss_config.mode, loss_config.num_cond_frames
-  check_modes(mode, "causal")
-  if not 1 <= n_cond < num_frames:
-    raise ValueError(f"loss.num_cond_frames={n_cond} needs 1 <= n_cond < num_frames="
-                     f"{num_frames} latent frames.")
+  check_config(loss_config, "causal", num_frames)
   b, n, mul = batch_size, tokens_per_frame, diffusion_batch_mul
   f = num_supervised_frames(mode, num_frames, n_cond)
   keys = jax.random.split(rng, 6)
@@ -135,9 +160,6 @@ def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: 
   noise_max = loss_config.get("context_noise", 0.0)
   fade_max = loss_config.get("context_fade", 0.0)
   drop_max = loss_config.get("context_token_drop", 0.0)
-  if noise_max < 0 or not 0 <= fade_max <= 1 or not 0 <= drop_max <= 1:
-    raise ValueError(f"loss.context_noise={noise_max} must be >= 0, loss.context_fade="
-                     f"{fade_max} and loss.context_token_drop={drop_max} in [0, 1].")
   if noise_max > 0 or fade_max > 0 or drop_max > 0:
     corrupt = jax.random.split(jax.random.fold_in(rng, 7), 5)
     drop_prob = drop_max * jax.random.uniform(corrupt[3], (b, 1, 1))
@@ -147,13 +169,7 @@ def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: 
         fade=fade_max * jax.random.uniform(corrupt[2], (b,)),
         token_drop=jax.random.uniform(corrupt[4], (b, num_frames, n)) < drop_prob)
   own_prob = loss_config.get("own_context_prob", 0.0)
-  if not 0 <= own_prob <= 1:
-    raise ValueError(f"loss.own_context_prob={own_prob} must be in [0, 1].")
   if own_prob > 0:
-    if mode != "all_frames":
-      raise ValueError(f"loss.own_context_prob > 0 needs loss.mode 'all_frames', not {mode!r}.")
-    if loss_config.get("own_context_steps", 0) < 1:
-      raise ValueError("loss.own_context_steps must be >= 1 when loss.own_context_prob > 0.")
     own = jax.random.split(jax.random.fold_in(rng, 8))
     draws = draws.replace(own_context=jax.random.bernoulli(own[0], own_prob, (b,)),
                           own_context_rng=own[1])

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from videomar_jax.errors import ConfigError
 from videomar_jax.models import rope
 from videomar_jax.models.attention import CrossAttention, FrameBlockMask, SelfAttention
 from videomar_jax.models.layers import LayerNorm, constrain, dense
@@ -56,17 +57,19 @@ class TransformerConfig:
 
   def __post_init__(self):
     if self.width % self.num_heads:
-      raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}.")
+      raise ConfigError(f"model.width {self.width} is not divisible by model.num_heads "
+                        f"{self.num_heads}.")
     object.__setattr__(self, "rope_split",
                        rope.resolve_split(self.width // self.num_heads, self.rope_split))
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}.")
+      raise ConfigError(f"model.remat_policy {self.remat_policy!r} not in "
+                        f"{sorted(REMAT_POLICIES)}.")
     if self.context_kind not in CONTEXT_KINDS:
-      raise ValueError(f"context kind {self.context_kind!r} not in {CONTEXT_KINDS}.")
+      raise ConfigError(f"model.context.kind {self.context_kind!r} not in {CONTEXT_KINDS}.")
     if self.context_kind == "class" and self.num_classes <= 0:
-      raise ValueError("context kind 'class' needs model.context.num_classes > 0.")
+      raise ConfigError("context kind 'class' needs model.context.num_classes > 0.")
     if self.context_kind == "text" and (self.context_dim <= 0 or self.context_length <= 0):
-      raise ValueError("context kind 'text' needs model.context.dim and .length > 0.")
+      raise ConfigError("context kind 'text' needs model.context.dim and .length > 0.")
 
   @property
   def uses_context(self) -> bool:

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from videomar_jax.diffusion import gaussian
+from videomar_jax.errors import ConfigError
 from videomar_jax.models.diffusion_head import SimpleMLPAdaLN
 from videomar_jax.models.transformer import TransformerConfig, VideoMARTransformer
 from videomar_jax.tokenizers.geometry import tokenizer_geometry
@@ -22,7 +23,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def parse_dtype(name: str):
   if name not in DTYPES:
-    raise ValueError(f"model.dtype {name!r} not in {sorted(DTYPES)}.")
+    raise ConfigError(f"model.dtype {name!r} not in {sorted(DTYPES)}.")
   return DTYPES[name]
 
 

@@ -13,6 +13,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils
 
+from videomar_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the axes a global batch is split over
 
@@ -22,20 +24,20 @@ def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
   sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
   unknown = set(mesh_config.keys()) - set(MESH_AXES) - {"num_devices"}
   if unknown:
-    raise ValueError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}.")
+    raise ConfigError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}.")
   fill = [axis for axis, size in sizes.items() if size == -1]
   if len(fill) > 1:
-    raise ValueError(f"only one mesh axis may be -1, got {fill}.")
+    raise ConfigError(f"only one mesh axis may be -1, got {fill}.")
   if any(size == 0 or size < -1 for size in sizes.values()):
-    raise ValueError(f"mesh sizes must be positive or -1, got {sizes}.")
+    raise ConfigError(f"mesh sizes must be positive or -1, got {sizes}.")
   fixed = math.prod(size for size in sizes.values() if size != -1)
   if fill:
     if num_devices % fixed:
-      raise ValueError(f"mesh {sizes}: {num_devices} devices are not divisible by the fixed "
+      raise ConfigError(f"mesh {sizes}: {num_devices} devices are not divisible by the fixed "
                        f"axes' product {fixed}.")
     sizes[fill[0]] = num_devices // fixed
   if math.prod(sizes.values()) != num_devices:
-    raise ValueError(f"mesh {sizes} has {math.prod(sizes.values())} devices, but "
+    raise ConfigError(f"mesh {sizes} has {math.prod(sizes.values())} devices, but "
                      f"{num_devices} are available.")
   return sizes
 
@@ -45,9 +47,11 @@ def parse_mesh(text: str) -> dict[str, int]:
   sizes = {axis: 1 for axis in MESH_AXES}
   for part in filter(None, text.split(",")):
     name, _, value = part.partition(":")
-    if name not in MESH_AXES or not value.lstrip("-").isdigit():
-      raise ValueError(f"bad mesh entry {part!r} in {text!r}; use e.g. "
-                       "data:4,fsdp:16,tensor:1 (axes: data, fsdp, tensor).")
+    if name not in MESH_AXES or not value.lstrip("-").isdigit() or (
+        int(value) < 1 and int(value) != -1):
+      raise ConfigError(f"bad mesh entry {part!r} in {text!r}; use e.g. "
+                        "data:4,fsdp:16,tensor:1 (axes: data, fsdp, tensor; sizes > 0, or -1 "
+                        "for the devices the others leave).")
     sizes[name] = int(value)
   return sizes
 
@@ -60,7 +64,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
   wanted = int(dict(mesh_config).get("num_devices", 0) or 0)
   if wanted:
     if wanted > len(devices) or (wanted < len(devices) and jax.process_count() > 1):
-      raise ValueError(f"mesh.num_devices={wanted}: {len(devices)} devices in "
+      raise ConfigError(f"mesh.num_devices={wanted}: {len(devices)} devices in "
                        f"{jax.process_count()} process(es); a multi-process run uses all.")
     devices = devices[:wanted]
   sizes = mesh_shape(mesh_config, len(devices))

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
+from videomar_jax.errors import ConfigError
 from videomar_jax.models.layers import activation_rules
 from videomar_jax.parallel.mesh import MESH_AXES
 
@@ -49,7 +50,7 @@ def _mesh_axes(logical: str, value: str):
   axes = tuple(value.split("+"))
   unknown = [a for a in axes if a not in MESH_AXES]
   if unknown or len(set(axes)) != len(axes):
-    raise ValueError(f"sharding rule {logical}={value!r}: mesh axes must be distinct names "
+    raise ConfigError(f"sharding rule {logical}={value!r}: mesh axes must be distinct names "
                      f"from {MESH_AXES} joined by '+'.")
   return axes[0] if len(axes) == 1 else axes
 
@@ -60,7 +61,7 @@ def rules_from_config(rules_config) -> tuple[tuple[str, object], ...]:
   if rules.get("activation_batch") != DEFAULT_RULES["activation_batch"]:
     # The input pipeline splits every batch over data and fsdp (`partition.batch_sharding`);
     # another activation rule would reshard the activations in every layer.
-    raise ValueError(f"sharding rule activation_batch={rules.get('activation_batch')!r}: the "
+    raise ConfigError(f"sharding rule activation_batch={rules.get('activation_batch')!r}: the "
                      f"batch is split over {DEFAULT_RULES['activation_batch']!r}; size the "
                      "mesh axes instead.")
   return tuple((name, _mesh_axes(name, value)) for name, value in rules.items())
@@ -81,12 +82,12 @@ def logical_to_spec(logical_spec, rules: tuple, what: str) -> PartitionSpec:
       mesh_axes.append(None)
       continue
     if name not in table:
-      raise ValueError(f"{what}: no sharding rule for logical axis {name!r}; add it to "
+      raise ConfigError(f"{what}: no sharding rule for logical axis {name!r}; add it to "
                        "config.sharding.rules ('' replicates it).")
     mesh_axes.append(table[name])
   used = [a for axes in mesh_axes for a in _flat_axes(axes)]
   if len(used) != len(set(used)):
-    raise ValueError(f"{what}: logical axes {tuple(logical_spec)} map to mesh axes "
+    raise ConfigError(f"{what}: logical axes {tuple(logical_spec)} map to mesh axes "
                      f"{tuple(mesh_axes)}, which use a mesh axis twice; change "
                      "config.sharding.rules.")
   return PartitionSpec(*mesh_axes)
@@ -106,7 +107,7 @@ def param_shardings(logical_specs, abstract_params, mesh: jax.sharding.Mesh,
     for dim, (size, axes) in enumerate(zip(leaf.shape, tuple(pspec))):
       parts = math.prod(mesh.shape[a] for a in _flat_axes(axes))
       if size % parts:
-        raise ValueError(f"{name}: dimension {dim} ({spec[dim]}, size {size}) cannot be "
+        raise ConfigError(f"{name}: dimension {dim} ({spec[dim]}, size {size}) cannot be "
                          f"split {parts} ways over mesh axes {axes}; change the mesh or "
                          "config.sharding.rules.")
     return NamedSharding(mesh, pspec)

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from videomar_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class UnmaskSchedule:
@@ -33,7 +35,7 @@ def cosine_schedule(num_tokens: int, num_steps: int) -> UnmaskSchedule:
   clamped to [1, masked - 1] so each step reveals at least one; the last step reveals the
   rest."""
   if not 1 <= num_steps <= num_tokens:
-    raise ValueError(f"num_steps={num_steps} must be in [1, tokens per frame={num_tokens}].")
+    raise ConfigError(f"num_steps={num_steps} must be in [1, tokens per frame={num_tokens}].")
   masked, next_masked = num_tokens, []
   for step in range(num_steps):
     if step == num_steps - 1:
@@ -65,7 +67,7 @@ def frame_temperatures(kind: str, num_generated: int, start: float = 0.95, end: 
     return np.linspace(start, end, num_generated).astype(np.float32)
   if kind == "list":
     if len(values) != num_generated:
-      raise ValueError(f"{len(values)} temperatures given for {num_generated} generated "
+      raise ConfigError(f"{len(values)} temperatures given for {num_generated} generated "
                        "frames.")
     return np.asarray(values, np.float32)
-  raise ValueError(f"temperature kind {kind!r} not in ('constant', 'linear', 'list').")
+  raise ConfigError(f"temperature kind {kind!r} not in ('constant', 'linear', 'list').")

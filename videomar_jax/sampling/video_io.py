@@ -6,8 +6,10 @@ import os
 import imageio.v2 as imageio
 import numpy as np
 
+from videomar_jax.errors import UserError
 
-class VideoInputError(ValueError):
+
+class VideoInputError(UserError):
   """A conditioning file that cannot be used, with the reason."""
 
 

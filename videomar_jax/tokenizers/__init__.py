@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Callable
 
+from videomar_jax.errors import ConfigError
 from videomar_jax.tokenizers.base import (
     Tokenizer,
     num_latent_frames,
@@ -118,5 +119,5 @@ def make_tokenizer(config: Any) -> Tokenizer:
   """
   name = _get(config, "name")
   if name not in _FACTORIES:
-    raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {known_tokenizers()}")
+    raise ConfigError(f"unknown tokenizer {name!r}; known tokenizers: {known_tokenizers()}")
   return _FACTORIES[name](config)

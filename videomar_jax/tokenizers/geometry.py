@@ -9,6 +9,8 @@ import re
 
 import ml_collections
 
+from videomar_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerGeometry:
@@ -24,6 +26,6 @@ def tokenizer_geometry(config: ml_collections.ConfigDict) -> TokenizerGeometry:
   if config.name == "cosmos":
     match = re.fullmatch(r"CV(\d+)x(\d+)x(\d+)(-\w+)?", config.variant)
     if not match or match.group(2) != match.group(3):
-      raise ValueError(f"Cosmos variant {config.variant!r} is not of the form CV<t>x<s>x<s>[-suffix].")
+      raise ConfigError(f"Cosmos variant {config.variant!r} is not of the form CV<t>x<s>x<s>[-suffix].")
     return TokenizerGeometry(int(match.group(1)), int(match.group(2)), config.latent_channels)
-  raise ValueError(f"Unknown tokenizer {config.name!r}; known: 'patch', 'cosmos'.")
+  raise ConfigError(f"Unknown tokenizer {config.name!r}; known: 'patch', 'cosmos'.")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from videomar_jax.errors import UserError
 from videomar_jax.interop import safetensors_io
 from videomar_jax.tokenizers.cosmos import CosmosConfig, abstract_params
 
@@ -30,7 +31,7 @@ CONFIG_FILE = "tokenizer.json"
 PARAMS_FILE = "params.safetensors"
 
 
-class TokenizerStoreError(ValueError):
+class TokenizerStoreError(UserError):
   """A tokenizer directory that is missing, incomplete or does not match its config."""
 
 

@@ -10,6 +10,8 @@ import jax
 import ml_collections
 import optax
 
+from videomar_jax.errors import ConfigError
+
 # Parameter names (last path entry) that never get weight decay besides biases and norms.
 NO_DECAY_NAMES = ("bias", "scale", "mask_token", "fake_latent", "class_emb",
                   "scale_shift_table")
@@ -29,7 +31,7 @@ def lr_schedule(optim: ml_collections.ConfigDict, batch_size: int,
   elif optim.schedule == "cosine":
     after = optax.cosine_decay_schedule(peak, max(total_steps - optim.warmup_steps, 1))
   else:
-    raise ValueError(f"optim.schedule {optim.schedule!r} not in ('constant', 'cosine').")
+    raise ConfigError(f"optim.schedule {optim.schedule!r} not in ('constant', 'cosine').")
   return optax.join_schedules([warmup, after], [optim.warmup_steps])
 
 

@@ -24,11 +24,14 @@ import ml_collections
 import numpy as np
 
 from videomar_jax.data import bouncing_balls, latent_cache, pipeline
+from videomar_jax.errors import ConfigError
+from videomar_jax.losses import next_frame
 from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.parallel import partition
 from videomar_jax.parallel.mesh import make_mesh
 from videomar_jax.parallel.rules import rules_from_config
-from videomar_jax.tokenizers import make_tokenizer, store
+from videomar_jax.tokenizers import base as tokenizer_base
+from videomar_jax.tokenizers import geometry, make_tokenizer, store
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train.checkpoint import Checkpointer
 from videomar_jax.train import tensorboard
@@ -53,10 +56,19 @@ def stage_batch_size(config, stage) -> int:
   return stage.batch_size or config.batch_size
 
 
-def validate(config: ml_collections.ConfigDict, tokenizer, mesh=None) -> None:
-  """Config checks that would otherwise fail deep inside jit with an unclear message."""
+def validate(config: ml_collections.ConfigDict, tokenizer=None, mesh=None) -> None:
+  """Config checks that would otherwise fail deep inside jit with an unclear message. `train`,
+  `info`, `plan` and `bench train` all run them first. Without a built `tokenizer` its
+  strides come from the config (`tokenizers.geometry`)."""
   if not config.stages:
-    raise ValueError("config.stages is empty: give at least one curriculum stage.")
+    raise ConfigError("config.stages is empty: give at least one curriculum stage.")
+  for key in ("model.width", "model.depth", "model.num_heads", "model.mlp_ratio",
+              "head.width", "head.depth", "head.num_sampling_steps", "batch_size"):
+    section, _, name = key.rpartition(".")
+    value = (config[section] if section else config)[name]
+    if value <= 0:
+      raise ConfigError(f"config.{key}={value} must be > 0.")
+  next_frame.check_config(config.loss, next_frame.temporal_attention(config))
   init_from = config.train.init_from
   if init_from and "://" not in init_from and not os.path.isfile(init_from):
     raise FileNotFoundError(f"config.train.init_from: no checkpoint file at {init_from}")
@@ -65,32 +77,45 @@ def validate(config: ml_collections.ConfigDict, tokenizer, mesh=None) -> None:
     keys.load_key_map(config.train.init_key_map)  # a bad map fails now, not after setup
   batch_ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_ways % jax.process_count():
-    raise ValueError(f"the mesh splits the batch {batch_ways} ways (data x fsdp), which "
-                     f"{jax.process_count()} processes cannot share: each process must own "
-                     "whole batch shards.")
+    raise ConfigError(f"the mesh splits the batch {batch_ways} ways (data x fsdp), which "
+                      f"{jax.process_count()} processes cannot share: each process must own "
+                      "whole batch shards.")
+  if tokenizer is None:
+    shape = geometry.tokenizer_geometry(config.tokenizer)
+    spatial_stride = shape.spatial_stride
+    latent_frames = lambda f: tokenizer_base.num_latent_frames(f, shape.temporal_stride)
+  else:
+    spatial_stride, latent_frames = tokenizer.spatial_stride, tokenizer.num_latent_frames
   for i, stage in enumerate(config.stages):
+    key = f"config.stages[{i}]"
     batch_size = stage_batch_size(config, stage)
-    if batch_size % batch_ways or batch_size % jax.process_count():
-      raise ValueError(f"stage {i}: batch size {batch_size} must be divisible by the "
-                       f"mesh's data x fsdp = {batch_ways} and by the "
-                       f"{jax.process_count()} process(es).")
+    if batch_size <= 0 or batch_size % batch_ways or batch_size % jax.process_count():
+      raise ConfigError(f"{key}: batch size {batch_size} must be > 0 and divisible by the "
+                        f"mesh's data x fsdp = {batch_ways} and by the "
+                        f"{jax.process_count()} process(es).")
     if stage.steps <= 0:
-      raise ValueError(f"stage {i}: steps must be > 0, got {stage.steps}.")
+      raise ConfigError(f"{key}.steps must be > 0, got {stage.steps}.")
+    if stage.num_frames <= 0 or stage.resolution <= 0:
+      raise ConfigError(f"{key}: num_frames {stage.num_frames} and resolution "
+                        f"{stage.resolution} must be > 0.")
     if config.data.dataset != "latents" and stage.num_frames > config.data.num_frames:
-      raise ValueError(f"stage {i}: num_frames {stage.num_frames} > the dataset's clips "
-                       f"({config.data.num_frames} frames).")
-    stride = tokenizer.spatial_stride * config.model.patch_size
+      raise ConfigError(f"{key}.num_frames {stage.num_frames} > the dataset's clips "
+                        f"(config.data.num_frames = {config.data.num_frames}).")
+    stride = spatial_stride * config.model.patch_size
     if stage.resolution % stride:
-      raise ValueError(f"stage {i}: resolution {stage.resolution} is not divisible by the "
-                       f"tokenizer stride x patch size = {stride}.")
+      raise ConfigError(f"{key}.resolution {stage.resolution} is not divisible by the "
+                        f"tokenizer stride x model.patch_size = {stride}.")
     grid = stage.resolution // stride
     if config.model.pos_embed_size and grid > config.model.pos_embed_size:
-      raise ValueError(f"stage {i}: {grid}x{grid} tokens per frame exceed the learned position "
-                       f"table (model.pos_embed_size={config.model.pos_embed_size}).")
-    t = tokenizer.num_latent_frames(stage.num_frames)
+      raise ConfigError(f"{key}: {grid}x{grid} tokens per frame exceed the learned position "
+                        f"table (model.pos_embed_size={config.model.pos_embed_size}).")
+    try:
+      t = latent_frames(stage.num_frames)
+    except ValueError as e:  # frames that do not fit the temporal stride
+      raise ConfigError(f"{key}.num_frames: {e}") from None
     if t <= config.loss.num_cond_frames:
-      raise ValueError(f"stage {i}: {t} latent frames leave nothing to predict after "
-                       f"{config.loss.num_cond_frames} given frame(s).")
+      raise ConfigError(f"{key}: {t} latent frames leave nothing to predict after "
+                        f"loss.num_cond_frames = {config.loss.num_cond_frames} given frame(s).")
 
 
 def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -105,7 +130,7 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
   cache_meta = None
   if config.data.dataset == "latents":
     if not config.data.latents_dir:
-      raise ValueError("data.dataset is 'latents' but config.data.latents_dir is empty.")
+      raise ConfigError("data.dataset is 'latents' but config.data.latents_dir is empty.")
     cache_meta = latent_cache.read_meta(config.data.latents_dir)["tokenizer"]
     if tokenizer.name == "cosmos" and not tokenizer.checkpoint:
       tokenizer.checkpoint = cache_meta.get("checkpoint", "")
@@ -122,7 +147,7 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
     return
   if os.path.isdir(own):  # a resumed run: it must keep its tokenizer
     if store.fingerprint(own) != store.fingerprint(tokenizer.checkpoint):
-      raise ValueError(f"this run was trained with the tokenizer in {own}, which differs "
+      raise ConfigError(f"this run was trained with the tokenizer in {own}, which differs "
                        f"from config.tokenizer.checkpoint {tokenizer.checkpoint}.")
   else:
     store.copy(tokenizer.checkpoint, own)
@@ -135,7 +160,7 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: str, split: str = "
   if config.data.dataset == "latents":
     return latent_cache.load(config.data.latents_dir, split)[0]
   if config.data.dataset != "bouncing_balls":
-    raise ValueError(f"data.dataset {config.data.dataset!r} is not known: 'bouncing_balls' "
+    raise ConfigError(f"data.dataset {config.data.dataset!r} is not known: 'bouncing_balls' "
                      "(built in) or 'latents' (a cache from `videomar data encode`).")
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
   load = lambda: bouncing_balls.load(

@@ -1,0 +1,83 @@
+"""Config mistakes at the command line: one line that names the key or file (exit 1), the
+traceback only when asked for (--verbosity=1 or VIDEOMAR_TRACEBACK=1)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=configs/videomar.py:tiny"
+
+
+def _cli(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "videomar_jax.cli.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+
+
+def _one_error_line(result):
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.startswith("ERROR: ")]
+  assert len(lines) == 1, result.stderr
+  return lines[0]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.optim.lrr=3e-3", "config.optim has no key 'lrr'; did you mean 'lr'?"),
+    ("--config.modle.width=64", "config has no key 'modle'; did you mean 'model'?"),
+    ("--config.stages[0].stepz=5", "config.stages[0] has no key 'stepz'; did you mean 'steps'?"),
+    ("--config.stages[5].steps=3", "config.stages has 2 entries (indices 0 to 1)"),
+    ("--config.model.num_heads=5", "model.width 128 is not divisible by model.num_heads 5"),
+    ("--config.loss.mode=mar_typo", "loss.mode 'mar_typo' not in"),
+])
+def test_a_bad_override_is_one_line_naming_the_key(override, expected):
+  line = _one_error_line(_cli("info", TINY, override))
+  assert expected in line
+  if "has no key" in expected or "entries" in expected:
+    assert line.startswith(f"ERROR: {override.split('=')[0]}: ")
+
+
+def test_a_typo_inside_a_config_file_names_the_file_line_and_the_key(tmp_path):
+  path = tmp_path / "my_config.py"
+  path.write_text(
+      "import importlib.util\n"
+      f"_spec = importlib.util.spec_from_file_location('base', {REPO + '/configs/videomar.py'!r})\n"
+      "base = importlib.util.module_from_spec(_spec)\n"
+      "_spec.loader.exec_module(base)\n"
+      "def get_config(arg='tiny'):\n"
+      "  config = base.get_config(arg)\n"
+      "  config.optim.lr = 1e-3  # an existing key: fine\n"
+      "  config.optim.lrr = 3e-3  # a typo: the preset is locked\n"
+      "  return config\n")
+  line = _one_error_line(_cli("info", f"--config={path}:tiny"))
+  assert f"{path}, line 8" in line and '"lrr"' in line and 'Did you mean "lr"' in line
+
+
+@pytest.mark.parametrize("how", ["--verbosity=1", "VIDEOMAR_TRACEBACK=1"])
+def test_the_traceback_is_there_when_asked_for(how):
+  args, env = ("info", TINY, "--config.stages[5].steps=3"), {}
+  if how.startswith("--"):
+    args += (how,)
+  else:
+    env = dict([how.split("=")])
+  result = _cli(*args, env=env)
+  assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("command, args, expected", [
+    ("info", ("--config.model.width=-64",), "config.model.width=-64 must be > 0"),
+    ("info", ("--info_num_frames=-5",), "--info_num_frames=-5 must be >= 1"),
+    ("info", ("--config.stages[1].resolution=30",),
+     "config.stages[1].resolution 30 is not divisible by the tokenizer stride"),
+    ("info", ("--config.tokenizer.name=cosmos", "--config.tokenizer.variant=CV8x8x8"),
+     "config.stages[0].num_frames: num_frames=4 does not fit temporal_stride=8"),
+    ("plan", ("--mesh=data:0",), "bad mesh entry 'data:0'"),
+    ("plan", ("--mesh=data:1", "--config.stages[0].steps=0"),
+     "config.stages[0].steps must be > 0"),
+])
+def test_info_and_plan_reject_what_train_rejects_before_any_work(command, args, expected):
+  """The same validation as `train`, first: `plan` fails in seconds, not after compiling."""
+  assert expected in _one_error_line(_cli(command, TINY, *args))

@@ -1,0 +1,115 @@
+"""Config mistakes as one line that names the key: a misspelled key or an index past the end
+of a list in a `--config.*` override, and an error raised while the config file itself is
+loaded (the presets are locked, so a typo in a file built from one fails there).
+
+absl parses the flags, and ml_collections applies the overrides while it does; their
+errors arrive as chained tracebacks with escaped quotes. `run_reporting_config_errors`
+turns such an error into `ERROR: <what and where>` (exit 1).
+"""
+
+import difflib
+import importlib.util
+import os
+import re
+import sys
+import traceback
+
+from videomar_jax.errors import ConfigError
+
+_INDEX = re.compile(r"\[(-?\d+)\]")
+
+
+def run_reporting_config_errors(run_app, argv: list[str], want_traceback) -> None:
+  """`run_app(started)` runs absl's app (which parses argv, then calls the command, which
+  must call `started()` first). An exception raised before the command started came from
+  parsing the flags, i.e. from the config: it prints as one line (exit 1) unless a
+  traceback was asked for (`want_traceback()` or --verbosity>=1)."""
+  state = {"started": False}
+  try:
+    run_app(lambda: state.update(started=True))
+  except Exception as e:  # pylint: disable=broad-except
+    if state["started"] or want_traceback() or _verbosity(argv) >= 1:
+      raise
+    print(f"ERROR: {describe(argv, e)}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _verbosity(argv: list[str]) -> int:
+  for arg in argv:
+    m = re.fullmatch(r"--(?:verbosity|v)=(-?\d+)", arg)
+    if m:
+      return int(m.group(1))
+  return 0
+
+
+def _clean(error: BaseException) -> str:
+  """ml_collections wraps KeyErrors in AttributeErrors: strip the quoting and escapes."""
+  text = str(error)
+  for _ in range(2):
+    text = text.strip("'\"").replace("\\'", "'").replace('\\"', '"').replace("\\n", " ")
+  return " ".join(text.split())
+
+
+def _config_spec(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _load(spec: str):
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_videomar_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _suggest(name: str, options) -> str:
+  close = difflib.get_close_matches(name, [str(o) for o in options], n=1)
+  return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_override(config, path: str) -> None:
+  """Raises ConfigError naming the part of `a.b[2].c` that `config` does not have."""
+  node, where = config, "config"
+  for part in re.split(r"\.(?![^\[]*\])", path):
+    name = _INDEX.sub("", part)
+    if name:
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if name not in keys:
+        raise ConfigError(f"--config.{path}: {where} has no key {name!r}{_suggest(name, keys)} "
+                          f"(its keys: {', '.join(sorted(map(str, keys)))}).")
+      node, where = node[name], f"{where}.{name}"
+    for index in (int(i) for i in _INDEX.findall(part)):
+      if not isinstance(node, (list, tuple)):
+        raise ConfigError(f"--config.{path}: {where} is not a list.")
+      if not -len(node) <= index < len(node):
+        raise ConfigError(f"--config.{path}: {where} has {len(node)} entries (indices 0 to "
+                          f"{len(node) - 1}); override an existing one, or give the whole "
+                          f"list in a config file.")
+      node, where = node[index], f"{where}[{index}]"
+
+
+def describe(argv: list[str], error: BaseException) -> str:
+  """One line for an error raised while absl parsed argv (config file or overrides)."""
+  spec = _config_spec(argv)
+  if spec is None:
+    return f"{type(error).__name__}: {_clean(error)}"
+  path = spec.partition(":")[0]
+  try:
+    config = _load(spec)
+  except Exception as load_error:  # pylint: disable=broad-except
+    line = next((f.lineno for f in reversed(traceback.extract_tb(load_error.__traceback__))
+                 if os.path.abspath(f.filename) == os.path.abspath(path)), None)
+    where = f"{path}, line {line}" if line else path
+    return f"--config={spec}: {where}: {_clean(load_error)}"
+  for arg in argv:
+    if arg.startswith("--config."):
+      try:
+        check_override(config, arg[len("--config."):].split("=", 1)[0])
+      except ConfigError as e:
+        return str(e)
+  return f"--config={spec}: {type(error).__name__}: {_clean(error)}"
