@@ -168,6 +168,26 @@ def _has_checkpoint(workdir, step):
   return os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
 
 
+def test_resuming_with_another_model_is_one_line_and_keeps_the_runs_config(tmp_path, data_dir):
+  workdir = str(tmp_path / "run")
+  subprocess.run(_train_command(workdir, data_dir, steps=(2, 1)), check=True, env=_env(),
+                 timeout=600, capture_output=True)
+  with open(os.path.join(workdir, "config.json")) as f:
+    before = f.read()
+  result = subprocess.run(_train_command(workdir, data_dir, steps=(2, 2)) +
+                          ["--config.model.width=64", "--config.head.depth=2"],
+                          env=_env(), timeout=600, capture_output=True, text=True)
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith("ERROR: ")]
+  assert len(errors) == 1, result.stderr
+  assert "checkpoint step 3 of another model" in errors[0]
+  assert "head.depth: 1 -> 2; model.width: 32 -> 64" in errors[0]
+  assert "new --workdir" in errors[0]
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert f.read() == before  # the run's own config is not overwritten by the failed one
+
+
 @pytest.mark.slow
 def test_sigkill_and_restart_reproduces_the_uninterrupted_losses(tmp_path, data_dir):
   reference = str(tmp_path / "reference")

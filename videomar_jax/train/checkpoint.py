@@ -7,12 +7,48 @@ temporary folder and renames it when complete, so a run killed mid-save keeps th
 checkpoint intact.
 """
 
+import json
 import os
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from videomar_jax.errors import ConfigError
+
+# Config keys that shape the parameters (or the tokens they read): a checkpoint restores
+# only into the model it was written from. Compute-only settings may change on resume.
+_MODEL_SECTIONS = ("model", "head.width", "head.depth", "tokenizer.name",
+                   "tokenizer.patch_size", "tokenizer.variant", "tokenizer.latent_channels")
+_COMPUTE_ONLY = ("model.dtype", "model.remat_policy", "model.attention_chunk",
+                 "model.context.drop_prob")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def model_differences(stored_config_json: str, config: ml_collections.ConfigDict) -> list[str]:
+  """`key: old -> new` for every parameter-shaping key that differs between the config a
+  checkpoint was written with and `config`."""
+  old = _flatten(json.loads(stored_config_json))
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  keys = sorted(k for k in set(old) | set(new)
+                if any(k == s or k.startswith(s + ".") for s in _MODEL_SECTIONS)
+                and k not in _COMPUTE_ONLY)
+  missing = "(absent)"
+  return [f"{k}: {old.get(k, missing)} -> {new.get(k, missing)}" for k in keys
+          if old.get(k, missing) != new.get(k, missing)]
+
+
+class ResumeMismatchError(ConfigError):
+  """A workdir's checkpoint was written by another model than the config describes."""
 
 
 class Checkpointer:

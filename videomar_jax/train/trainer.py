@@ -33,7 +33,7 @@ from videomar_jax.parallel.rules import rules_from_config
 from videomar_jax.tokenizers import base as tokenizer_base
 from videomar_jax.tokenizers import geometry, make_tokenizer, store
 from videomar_jax.train import optimizer as optim_lib
-from videomar_jax.train.checkpoint import Checkpointer
+from videomar_jax.train.checkpoint import Checkpointer, ResumeMismatchError, model_differences
 from videomar_jax.train import tensorboard
 from videomar_jax.train.report import write_loss_report
 from videomar_jax.train.state import TrainState, make_train_step
@@ -244,8 +244,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config.train.checkpoint_dir = checkpointer.directory
   writer = tensorboard.summary_writer(os.path.join(workdir, "tensorboard")) if is_main else None
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
     print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} devices in "
           f"{jax.process_count()} process(es).", flush=True)
 
@@ -260,6 +258,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        f"{checkpointer.directory}: a multi-process run needs a checkpoint "
                        "directory they all share (config.train.checkpoint_dir=gs://...).")
   meta = checkpointer.restore_meta(latest) if latest is not None else None
+  if meta is not None and "config" in meta:
+    differences = model_differences(meta["config"], config)
+    if differences:
+      raise ResumeMismatchError(
+          f"{workdir} holds checkpoint step {latest} of another model ({'; '.join(differences)}). "
+          "Train this config in a new --workdir, or resume with the run's own model settings "
+          f"({os.path.join(workdir, 'config.json')}).")
   if meta is not None and is_main:
     print(f"Resuming from checkpoint step {latest} (stage {meta['stage']}).", flush=True)
   # Restoring into these shardings places every shard directly on its device, whatever
@@ -300,6 +305,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 latest, abstract_state, data_iter if same_stage and same_processes else None)
             if same_stage and not same_processes:
               data_iter.set_state(pipeline.iterator_state_after(loader, step - start))
+          if is_main:  # written once the state exists: a failed resume leaves the old one
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+              f.write(config.to_json_best_effort(indent=2))
         if is_main:
           print(f"Stage {stage_index}: {stage.num_frames} frames at {stage.resolution}px, "
                 f"batch {batch_size}, steps {start}..{end}.", flush=True)
