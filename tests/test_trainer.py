@@ -219,22 +219,38 @@ def test_sigkill_and_restart_reproduces_the_uninterrupted_losses(tmp_path, data_
 
 
 @pytest.mark.slow
-def test_sigterm_saves_at_the_next_step_and_exits_cleanly(tmp_path, data_dir):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_at_the_next_step_and_exits_cleanly(tmp_path, data_dir,
+                                                                    signum):
   workdir = str(tmp_path / "run")
   proc = subprocess.Popen(_train_command(workdir, data_dir, steps=(200, 200)), env=_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     assert _wait_for(lambda: _has_checkpoint(workdir, 4), proc), "run never reached step 4"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
   finally:
     if proc.poll() is None:
       proc.kill()
   assert proc.returncode == 0, err[-3000:]
-  assert "SIGTERM received" in out
+  assert f"{signal.Signals(signum).name} received" in out
   summary = json.loads(out.strip().splitlines()[-1])
   assert summary["status"] == "preempted" and 4 <= summary["step"] < 400
   assert _has_checkpoint(workdir, summary["step"])
+
+
+def test_a_second_ctrl_c_stops_at_once():
+  """The first SIGINT asks for a save at the next step; a second one (the user insists)
+  raises KeyboardInterrupt, which the CLI reports as one line, exit 130. Signals sent
+  back to back to another process can merge into one, so this runs in-process."""
+  with trainer._PreemptionFlag() as flag:  # pylint: disable=protected-access
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.01)
+    assert flag.raised and flag.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1.0)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def _cli(*args):

@@ -367,6 +367,11 @@ def _quiet_libraries(handler):
         raise
       print(f"ERROR: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
+    except KeyboardInterrupt:
+      if _want_traceback():
+        raise
+      print("Interrupted (what was saved before stays).", file=sys.stderr, flush=True)
+      sys.exit(130)
   return wrapped
 
 

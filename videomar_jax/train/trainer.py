@@ -176,22 +176,34 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: str, split: str = "
 
 
 class _PreemptionFlag:
-  """Set by SIGTERM; the loop checks it at step boundaries."""
+  """Set by SIGTERM (preemption) or a first SIGINT (Ctrl-C); the loop checks it at step
+  boundaries, saves and stops. A second Ctrl-C stops at once (KeyboardInterrupt), keeping
+  the newest finished checkpoint."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.raised = False
-    self._previous = None
+    self.signal_name = ""
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, no preemption support
-      self._previous = None
+    for signum in self._SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread: no handler, no preemption support
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT and self.raised:
+      raise KeyboardInterrupt
     self.raised = True
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT and jax.process_index() == 0:
+      print("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again to "
+            "stop now without saving).", flush=True)
 
   def agreed(self, check_now: bool) -> bool:
     """Whether to stop: this process's flag with one process; with several, whether any
@@ -204,8 +216,8 @@ class _PreemptionFlag:
     return bool(np.any(flags))
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def _check_finite(step: int, metrics: dict, checkpointer: Checkpointer) -> None:
@@ -349,7 +361,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             checkpointer.save(step, state, data_iter, stage_index, config)
           if preempted:
             if is_main:
-              print(f"SIGTERM received: saved checkpoint {step} and stopping.", flush=True)
+              print(f"{preemption.signal_name} received: saved checkpoint {step} and "
+                    "stopping.", flush=True)
             status = "preempted"
             return {"status": status, "step": step}
   finally:
