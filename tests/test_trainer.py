@@ -239,6 +239,27 @@ def test_sigterm_or_ctrl_c_saves_at_the_next_step_and_exits_cleanly(tmp_path, da
   assert _has_checkpoint(workdir, summary["step"])
 
 
+def test_a_second_training_on_a_busy_workdir_refuses_at_once(tmp_path, data_dir):
+  """One line naming the holder while the first runs; after the first is SIGKILLed the
+  workdir is free again (the kernel drops the lock), and the next run resumes."""
+  workdir = str(tmp_path / "run")
+  first = subprocess.Popen(_train_command(workdir, data_dir, steps=(400, 400)), env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert _wait_for(lambda: _has_checkpoint(workdir, 2), first), "run never reached step 2"
+    second = subprocess.run(_train_command(workdir, data_dir), env=_env(), timeout=300,
+                            capture_output=True, text=True)
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+    assert f"is in use by another training (pid {first.pid} on" in second.stderr
+  finally:
+    first.kill()
+    first.communicate()
+  third = subprocess.run(_train_command(workdir, data_dir, steps=(2, 1)), env=_env(),
+                         timeout=300, capture_output=True, text=True)
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "Resuming from checkpoint" in third.stdout
+
+
 def test_a_second_ctrl_c_stops_at_once():
   """The first SIGINT asks for a save at the next step; a second one (the user insists)
   raises KeyboardInterrupt, which the CLI reports as one line, exit 130. Signals sent

@@ -12,6 +12,7 @@ last checkpoint stays the last good one. SIGTERM (a TPU preemption notice) makes
 save at the next step boundary and return.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ from videomar_jax.train.checkpoint import Checkpointer, ResumeMismatchError, mod
 from videomar_jax.train import tensorboard
 from videomar_jax.train.report import write_loss_report
 from videomar_jax.train.state import TrainState, make_train_step
+from videomar_jax.train.workdir_lock import WorkdirLock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -231,10 +233,17 @@ def _check_finite(step: int, metrics: dict, checkpointer: Checkpointer) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) a run in `workdir`; returns a summary dict."""
+  """Trains (or resumes) a run in `workdir`; returns a summary dict. One training per
+  workdir at a time: a second one fails at once (`workdir_lock`)."""
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Setup.
   is_main = jax.process_index() == 0  # logs, metrics and reports come from process 0
-  os.makedirs(workdir, exist_ok=True)
   model = VideoMAR(config)
   resolve_tokenizer(config, workdir)
   tokenizer = make_tokenizer(config.tokenizer)
