@@ -214,6 +214,8 @@ def test_sigkill_and_restart_reproduces_the_uninterrupted_losses(tmp_path, data_
   assert "Resuming from checkpoint step" in resumed.stdout
   got = read_metrics(workdir)
   assert sorted(got) == list(range(1, 25))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:  # one row per step, no repeats
+    assert [json.loads(line)["step"] for line in f] == list(range(1, 25))
   for step in range(1, 25):
     assert got[step]["loss"] == expected[step]["loss"], step  # bit-exact, step for step
 

@@ -6,6 +6,27 @@ import os
 import numpy as np
 
 
+def truncate_metrics(workdir: str, last_step: int) -> None:
+  """Drops the rows after `last_step` (logged by a run that was then killed before its next
+  checkpoint), so that a resumed run leaves one row per step. Rewritten atomically."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= last_step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError):  # a row cut short by the kill
+      continue
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 def read_metrics(workdir: str) -> dict[int, dict]:
   """Per-step metrics from metrics.jsonl; a resumed run's re-logged steps replace the old."""
   rows = {}

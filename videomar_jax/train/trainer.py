@@ -36,7 +36,7 @@ from videomar_jax.tokenizers import geometry, make_tokenizer, store
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train.checkpoint import Checkpointer, ResumeMismatchError, model_differences
 from videomar_jax.train import tensorboard
-from videomar_jax.train.report import write_loss_report
+from videomar_jax.train.report import truncate_metrics, write_loss_report
 from videomar_jax.train.state import TrainState, make_train_step
 from videomar_jax.train.workdir_lock import WorkdirLock
 
@@ -296,6 +296,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   status = "done"
 
   # ---- Loop over curriculum stages.
+  if is_main:  # one row per step: forget what a killed run logged after its checkpoint
+    truncate_metrics(workdir, step)
   metrics_file = (open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main
                   else open(os.devnull, "w"))
   try:
