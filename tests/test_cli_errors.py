@@ -56,6 +56,32 @@ def test_a_typo_inside_a_config_file_names_the_file_line_and_the_key(tmp_path):
   assert f"{path}, line 8" in line and '"lrr"' in line and 'Did you mean "lr"' in line
 
 
+@pytest.mark.parametrize("change, expected", [
+    ("d['optim']['lrr'] = 3e-3",
+     "config key 'optim.lrr' is not a setting; did you mean 'lr'?"),
+    ("d['stages'][1]['stepz'] = 5",
+     "config key 'stages[].stepz' is not a setting; did you mean 'steps'?"),
+    ("del d['optim']['ema_decay']", "the config lacks 1 setting(s) the presets have: "
+     "optim.ema_decay"),
+])
+def test_a_config_file_built_from_scratch_is_checked_against_the_presets(tmp_path, change,
+                                                                         expected):
+  """A file that returns its own (unlocked) ConfigDict gets the same check: a key the
+  presets lack, or one they have and it lacks, is one line before any work."""
+  path = tmp_path / "from_scratch.py"
+  path.write_text(
+      "import importlib.util\n"
+      "import ml_collections\n"
+      f"_spec = importlib.util.spec_from_file_location('base', {REPO + '/configs/videomar.py'!r})\n"
+      "base = importlib.util.module_from_spec(_spec)\n"
+      "_spec.loader.exec_module(base)\n"
+      "def get_config(arg='tiny'):\n"
+      "  d = base.get_config(arg).to_dict()\n"
+      f"  {change}\n"
+      "  return ml_collections.ConfigDict(d)\n")
+  assert expected in _one_error_line(_cli("info", f"--config={path}:tiny"))
+
+
 @pytest.mark.parametrize("how", ["--verbosity=1", "VIDEOMAR_TRACEBACK=1"])
 def test_the_traceback_is_there_when_asked_for(how):
   args, env = ("info", TINY, "--config.stages[5].steps=3"), {}

@@ -17,6 +17,9 @@ import traceback
 from videomar_jax.errors import ConfigError
 
 _INDEX = re.compile(r"\[(-?\d+)\]")
+# The presets a config file is checked against (the repo's configs/ folder).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs")
 
 
 def run_reporting_config_errors(run_app, argv: list[str], want_traceback) -> None:
@@ -113,3 +116,51 @@ def describe(argv: list[str], error: BaseException) -> str:
       except ConfigError as e:
         return str(e)
   return f"--config={spec}: {type(error).__name__}: {_clean(error)}"
+
+
+def _keys(tree, prefix: str = "") -> set[str]:
+  """Dotted key paths of a ConfigDict; a list's entries share one `name[]` schema."""
+  out = set()
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      out |= _keys(value, path + ".")
+    elif isinstance(value, (list, tuple)) and value and all(hasattr(v, "items") for v in value):
+      for entry in value:
+        out |= _keys(entry, path + "[].")
+    else:
+      out.add(path)
+  return out
+
+
+def check_schema(config, base) -> None:
+  """Raises ConfigError if `config` (e.g. built from scratch by a user's file rather than
+  from a locked preset) has a key `base` lacks, or lacks one `base` has."""
+  keys, known = _keys(config), _keys(base)
+  unknown, missing = sorted(keys - known), sorted(known - keys)
+  if unknown:
+    key = unknown[0]
+    parent = key.rpartition(".")[0]
+    siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+    more = (f" (and {len(unknown) - 1} more: {', '.join(unknown[1:4])})"
+            if len(unknown) > 1 else "")
+    hint = _suggest(key.rpartition(".")[2], siblings)
+    raise ConfigError(f"config key {key!r} is not a setting{hint}{more}; the settings are "
+                      f"those of the presets in {CONFIGS_DIR}.")
+  if missing:
+    raise ConfigError(f"the config lacks {len(missing)} setting(s) the presets have: "
+                      f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; build it "
+                      "from a preset (get_config of configs/videomar.py) and change what differs.")
+
+
+def base_config(config):
+  """The preset a VideoMAR config is checked against: its own `preset`, else `tiny`; None
+  when the repo's configs/ folder is not at hand."""
+  path = os.path.join(CONFIGS_DIR, "videomar.py")
+  if not os.path.exists(path):
+    return None
+  spec = importlib.util.spec_from_file_location("_videomar_preset_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  preset = config.get("preset", "tiny")
+  return module.get_config(preset if preset in module.MODEL_PRESETS else "tiny")

@@ -101,6 +101,10 @@ _NUM_FRAMES_INFO = flags.DEFINE_integer("info_num_frames", 0, "info: pixel frame
 def _require(flag, what: str):
   if flag.value is None:
     raise app.UsageError(f"{what} needs --{flag.name}.")
+  if flag is _CONFIG:  # a file that built its own ConfigDict: same keys as the presets
+    base = config_errors.base_config(flag.value)
+    if base is not None:
+      config_errors.check_schema(flag.value, base)
   return flag.value
 
 
