@@ -121,8 +121,7 @@ def test_train_then_sample_and_evaluate_from_the_command_line(tmp_path):
 
   frames = bouncing_balls.render(np.array([[[5.0, 5.0]]]), np.array([1]), 16, 3)[0]
   imageio.imwrite(tmp_path / "first.png", frames)
-  out = str(tmp_path / "out" / "video.mp4")
-  os.makedirs(os.path.dirname(out))
+  out = str(tmp_path / "out" / "video.mp4")  # sample creates the folder
   result = _cli("sample", f"--workdir={workdir}", f"--image={tmp_path}/first.png",
                 f"--out={out}", "--num_frames=5", "--num_steps=4", "--save_latents")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -156,6 +155,16 @@ def test_train_then_sample_and_evaluate_from_the_command_line(tmp_path):
   result = _cli("sample", f"--workdir={workdir}", f"--image={tmp_path}/nope.png",
                 f"--out={out}")
   assert result.returncode != 0 and "no such file" in result.stderr
+  # Settings that would be silently wrong are refused before generating, in one line.
+  for args, message in (
+      (("--image=" + f"{tmp_path}/first.png", "--temperature=-1"), "must be >= 0"),
+      (("--image=" + f"{tmp_path}/first.png", "--cfg=3"), "has no effect without a context"),
+      (("--video=" + f"{tmp_path}/cond.gif", "--num_given=5"), "has 2 frame(s)"),
+      (("--image=" + f"{tmp_path}/first.png", "--num_given=1"), "--num_given is for --video")):
+    result = _cli("sample", f"--workdir={workdir}", f"--out={tmp_path}/x.mp4", *args)
+    assert result.returncode != 0 and message in result.stderr, (args, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(f"{tmp_path}/x.mp4")
 
   result = _cli("evaluate", f"--workdir={workdir}", "--num_examples=2", "--num_steps=4",
                 "--seeds=0,1")

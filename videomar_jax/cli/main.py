@@ -199,6 +199,9 @@ def _temperature_settings(text: str, num_generated: int) -> dict:
   except ValueError:
     raise app.UsageError(f"--temperature={text!r}: 'linear', 'constant', a number or a "
                          "comma list of numbers.") from None
+  if any(v < 0 for v in values):
+    raise app.UsageError(f"--temperature={text!r}: temperatures must be >= 0 (0 = the "
+                         "mean prediction, 1 = the model's own spread).")
   if len(values) == 1:
     return {"temperature": "constant", "temperature_start": values[0]}
   if num_generated is not None and len(values) != num_generated:
@@ -223,10 +226,22 @@ def cmd_sample(_):
   if (_IMAGE.value is None) == (_VIDEO.value is None):
     raise app.UsageError("sample needs exactly one of --image or --video.")
   out = _require(_OUT, "sample")
+  out_dir = os.path.dirname(os.path.abspath(out))
+  try:  # before minutes of generating, not after
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--out={out}: cannot create its folder {out_dir} ({e.strerror}).") from None
+  if not os.access(out_dir, os.W_OK):
+    raise UserError(f"--out={out}: the folder {out_dir} is not writable.")
+  if _IMAGE.value and _NUM_GIVEN.value:
+    raise app.UsageError("--num_given is for --video; an --image is one given frame.")
   try:
     frames = video_io.read_frames(_IMAGE.value or _VIDEO.value)
   except video_io.VideoInputError as e:
     raise app.UsageError(str(e)) from None
+  if _NUM_GIVEN.value < 0 or _NUM_GIVEN.value > len(frames):
+    raise app.UsageError(f"--num_given={_NUM_GIVEN.value}: {_VIDEO.value} has {len(frames)} "
+                         f"frame(s); give 1 to {len(frames)} (0 = all).")
   if torch_source:
     from videomar_jax import interop
     config = _require(_CONFIG, "sample --torch_checkpoint")
@@ -235,6 +250,10 @@ def cmd_sample(_):
     step = "(PyTorch weights)"
   else:
     config, params, step = load_checkpoint(source)
+  if _CFG.value != 1.0 and (config.model.context.kind == "none" or _CLASS.value is None):
+    raise app.UsageError(f"--cfg={_CFG.value} has no effect without a context: it needs a "
+                         "class model and --class_label (this model's context: "
+                         f"{config.model.context.kind!r}).")
   generator = VideoGenerator(config, params)
   frames = video_io.fit_to_stride(frames, generator.stride)
   given = frames[:1] if _IMAGE.value else frames[:_NUM_GIVEN.value or len(frames)]
