@@ -234,11 +234,10 @@ def test_tiny_long_is_the_tiny_recipe_trained_longer():
   tiny, long = load_config("tiny").to_dict(), load_config("tiny_long").to_dict()
   tiny_stages, long_stages = tiny.pop("stages"), long.pop("stages")
   assert (tiny.pop("preset"), long.pop("preset")) == ("tiny", "tiny_long")
-  # r8's learning rate, batch and 4 + 8-frame curriculum: the tiny preset's later choices
-  # were not run at this length.
-  assert (tiny["optim"].pop("lr"), long["optim"].pop("lr")) == (3e-3, 1e-3)
-  assert (tiny.pop("batch_size"), long.pop("batch_size")) == (4, 8)
+  # r18: every crop from rest (where generation starts), 8800 4-frame + 500 8-frame steps.
+  assert (tiny["data"].pop("crop_first_frame_prob"),
+          long["data"].pop("crop_first_frame_prob")) == (0.5, 1.0)
   assert long == tiny
-  assert [(s["num_frames"], s["steps"]) for s in long_stages] == [(4, 2300), (8, 880)]
+  assert [(s["num_frames"], s["steps"]) for s in long_stages] == [(4, 8800), (8, 500)]
   for a, b in zip(tiny_stages, long_stages):
     assert {**a, "steps": 0, "num_frames": 0} == {**b, "steps": 0, "num_frames": 0}
