@@ -107,3 +107,8 @@ def test_the_traceback_is_there_when_asked_for(how):
 def test_info_and_plan_reject_what_train_rejects_before_any_work(command, args, expected):
   """The same validation as `train`, first: `plan` fails in seconds, not after compiling."""
   assert expected in _one_error_line(_cli(command, TINY, *args))
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+  line = _one_error_line(_cli("info", f"--config={tmp_path}/nope.py:tiny"))
+  assert f"no config file at {tmp_path}/nope.py" in line

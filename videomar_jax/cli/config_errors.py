@@ -102,6 +102,8 @@ def describe(argv: list[str], error: BaseException) -> str:
   if spec is None:
     return f"{type(error).__name__}: {_clean(error)}"
   path = spec.partition(":")[0]
+  if not os.path.isfile(path):
+    return f"--config={spec}: no config file at {path}."
   try:
     config = _load(spec)
   except Exception as load_error:  # pylint: disable=broad-except

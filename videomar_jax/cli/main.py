@@ -102,7 +102,10 @@ def _require(flag, what: str):
   if flag.value is None:
     raise app.UsageError(f"{what} needs --{flag.name}.")
   if flag is _CONFIG:  # a file that built its own ConfigDict: same keys as the presets
-    base = config_errors.base_config(flag.value)
+    try:
+      base = config_errors.base_config(flag.value)
+    except OSError as e:  # config_flags reports a file it could not load on first use
+      raise ConfigError(config_errors.describe(sys.argv, e)) from None
     if base is not None:
       config_errors.check_schema(flag.value, base)
   return flag.value
