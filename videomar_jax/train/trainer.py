@@ -372,8 +372,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             checkpointer.save(step, state, data_iter, stage_index, config)
           if preempted:
             if is_main:
-              print(f"{preemption.signal_name} received: saved checkpoint {step} and "
-                    "stopping.", flush=True)
+              # Another process of the run may be the one signalled (a preemption: SIGTERM).
+              print(f"{preemption.signal_name or 'SIGTERM'} received: saved checkpoint "
+                    f"{step} and stopping.", flush=True)
             status = "preempted"
             return {"status": status, "step": step}
   finally:
