@@ -70,10 +70,10 @@ def test_each_model_is_trained_once_before_its_evaluations_and_the_table_is_writ
                                                    83.56]
   assert rows[3]["centre_error_px"] == 2.0 and rows[2]["centre_error_px"] == 3.0
   assert rows[0]["centre_error_px_per_seed"] == [2.9, 3.1]
-  with open(os.path.join(root, "ablation.md")) as f:
+  with open(os.path.join(root, ablation.TABLE_FILE)) as f:
     text = f.read()
   assert "78.81" in text and "3.00 (2.90 / 3.10)" in text and "16 held-out clips" in text
-  with open(os.path.join(root, "ablation.json")) as f:
+  with open(os.path.join(root, ablation.NUMBERS_FILE)) as f:
     assert json.load(f)["rows"] == rows
 
   # A second invocation finds every model trained and every report written: no work.

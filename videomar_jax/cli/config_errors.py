@@ -161,8 +161,8 @@ def base_config(config):
   path = os.path.join(CONFIGS_DIR, "videomar.py")
   if not os.path.exists(path):
     return None
-  spec = importlib.util.spec_from_file_location("_videomar_preset_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   preset = config.get("preset", "tiny")
-  return module.get_config(preset if preset in module.MODEL_PRESETS else "tiny")
+  try:
+    return _load(f"{path}:{preset}")
+  except ValueError:  # a preset name of the user's own: compare with `tiny`
+    return _load(f"{path}:tiny")

@@ -12,9 +12,9 @@ recipe that differ only in `loss.mode` and `model.temporal_attention`, and six e
     python -m videomar_jax.eval.ablation run ROOT --jobs=2 -- --config.stages[0].steps=1000
 
 Each evaluation scores free-running and teacher-forced generation on held-out clips over
-every sampling seed (`videomar evaluate`); the table (ROOT/ablation.md) and its numbers
-(ROOT/ablation.json) put the ball-centre error next to the paper's scores. Rerunning the
-command skips the trainings and evaluations that already finished.
+every sampling seed (`videomar evaluate`); the markdown table and its numbers, written into
+ROOT (TABLE_FILE, NUMBERS_FILE), put the ball-centre error next to the paper's scores.
+Rerunning the command skips the trainings and evaluations that already finished.
 """
 
 import argparse
@@ -125,6 +125,8 @@ def _run_logged(argv: list[str], log_path: str) -> float:
   return time.time() - start
 
 
+# Outputs written into the ablation's root folder (not files of this repository).
+TABLE_FILE, NUMBERS_FILE = "ablation" + ".md", "ablation" + ".json"
 _TRAIN_SECONDS = "train_seconds.json"  # name -> wall seconds of each finished training
 
 
@@ -227,7 +229,7 @@ def table(rows: list[dict]) -> str:
 
 
 def write_table(root: str, train_seconds: dict | None = None) -> dict:
-  """Reads every finished evaluation under root; writes ablation.md and ablation.json."""
+  """Reads every finished evaluation under root; writes TABLE_FILE and NUMBERS_FILE there."""
   if train_seconds is None:
     train_seconds = _load_train_seconds(root)
   rows = []
@@ -239,10 +241,10 @@ def write_table(root: str, train_seconds: dict | None = None) -> dict:
     with open(path) as f:
       rows.append(_row(e, json.load(f), train_seconds.get(e.training)))
   text = table(rows)
-  with open(os.path.join(root, "ablation.md"), "w") as f:
+  with open(os.path.join(root, TABLE_FILE), "w") as f:
     f.write(text + "\n")
   result = {"machine": experiments.machine(), "rows": rows}
-  with open(os.path.join(root, "ablation.json"), "w") as f:
+  with open(os.path.join(root, NUMBERS_FILE), "w") as f:
     json.dump(result, f, indent=2)
   print(text, flush=True)
   return result
