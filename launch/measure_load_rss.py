@@ -3,7 +3,7 @@
   python launch/measure_load_rss.py --preset=base --dir=/tmp/rss
 
 Writes a random `<preset>` checkpoint as .safetensors once (in a child process), then loads
-it with `interop.checkpoints.load_params` in a fresh child process and prints the file size,
+it with `interop.torch_checkpoint.load_params` in a fresh child process and prints the file size,
 the child's resident memory before loading (imports done) and its peak (ru_maxrss) after,
 as JSON. Linux only (ru_maxrss in KiB).
 """
@@ -18,7 +18,7 @@ _WRITE = """
 import jax, sys
 sys.path.insert(0, {repo!r})
 from configs.videomar import get_config
-from videomar_jax.interop.checkpoints import export_params
+from videomar_jax.interop.torch_checkpoint import export_params
 from videomar_jax.models.videomar import VideoMAR
 config = get_config({preset!r})
 params = jax.jit(VideoMAR(config).init)(jax.random.PRNGKey(0))
@@ -30,7 +30,7 @@ import json, resource, sys
 sys.path.insert(0, {repo!r})
 import jax, numpy as np
 from configs.videomar import get_config
-from videomar_jax.interop import checkpoints
+from videomar_jax.interop import torch_checkpoint as checkpoints
 def rss_mib():
   with open("/proc/self/status") as f:
     return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLCosmos
 
-from videomar_jax.interop.cosmos_keys import (_RULES, CosmosKeyError, diffusers_to_original,
+from videomar_jax.tokenizers.cosmos.keys import (_RULES, CosmosKeyError, diffusers_to_original,
                                               is_original_layout, original_to_diffusers)
 
 # Original structure for each config: channels * channels_mult as diffusers block widths.
@@ -393,7 +393,7 @@ def test_nvidia_reference_has_the_golden_keys(name):
   # builds exactly these tensors, switched-off convs included; converting them drops only
   # those the golden lists above (the conditional layout) do not have.
   from nvidia_cosmos_reference import CausalContinuousVideoTokenizer  # pylint: disable=g-import-not-at-top
-  from videomar_jax.interop.cosmos_convert import unused_resampler_keys  # pylint: disable=g-import-not-at-top
+  from videomar_jax.tokenizers.cosmos.convert import unused_resampler_keys  # pylint: disable=g-import-not-at-top
   from videomar_jax.tokenizers.cosmos import CosmosConfig  # pylint: disable=g-import-not-at-top
   config_dict, golden, nvidia = {"t8": (CONFIG_T8, GOLDEN_T8, GOLDEN_T8_NVIDIA),
                                  "t4": (CONFIG_T4, GOLDEN_T4, GOLDEN_T4_NVIDIA)}[name]

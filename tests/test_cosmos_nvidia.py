@@ -15,10 +15,10 @@ import torch
 
 import jax
 from nvidia_cosmos_reference import CausalContinuousVideoTokenizer
-from videomar_jax.interop.cosmos_convert import (CosmosConversionError, convert,
+from videomar_jax.tokenizers.cosmos.convert import (CosmosConversionError, convert,
                                                  expected_diffusers_shapes,
                                                  unused_resampler_keys)
-from videomar_jax.interop.cosmos_keys import original_to_diffusers
+from videomar_jax.tokenizers.cosmos.keys import original_to_diffusers
 from videomar_jax.tokenizers.cosmos import VARIANTS, CosmosAutoencoder
 
 REL_TOL = 1e-4  # max |flax - torch| / max |torch|, float32

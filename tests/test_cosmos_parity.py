@@ -11,11 +11,11 @@ import torch
 from diffusers import AutoencoderKLCosmos
 
 import jax
-from videomar_jax.interop import safetensors_io
-from videomar_jax.interop.cosmos_convert import (CosmosConversionError, convert, detect_layout,
+from videomar_jax.io import safetensors_io
+from videomar_jax.tokenizers.cosmos.convert import (CosmosConversionError, convert, detect_layout,
                                                  diffusers_to_flax, expected_diffusers_shapes,
                                                  flax_to_diffusers, load_torch_state_dict)
-from videomar_jax.interop.cosmos_keys import diffusers_to_original
+from videomar_jax.tokenizers.cosmos.keys import diffusers_to_original
 from videomar_jax.tokenizers.cosmos import (VARIANTS, CosmosAutoencoder, CosmosConfig,
                                             abstract_params)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import perturb, small_config
-from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.sampling import schedules
+from videomar_jax.train.setup import make_model
 from videomar_jax.sampling.generate import SamplerSettings, generate, generate_teacher_forced
 
 B, H, W = 2, 2, 3
@@ -19,7 +19,7 @@ def _model(context_kind="none"):
   config = small_config()
   config.model.context.kind = context_kind
   config.model.context.num_classes = 3
-  model = VideoMAR(config)
+  model = make_model(config)
   return model, perturb(model.init(jax.random.key(0)), jax.random.key(1), scale=0.02)
 
 
@@ -197,7 +197,7 @@ def test_teacher_forcing_without_cache_and_bidirectional_models():
     config = model.config.copy_and_resolve_references()
     config.model.temporal_attention = "bidirectional"
     config.loss.mode = loss_mode
-    bidirectional = VideoMAR(config)
+    bidirectional = make_model(config)
     settings = SamplerSettings(num_frames=3, num_steps=2, mode="no_cache")
     free = generate(bidirectional, params, true[:, :1], jax.random.key(6), settings, (H, W))
     forced = generate_teacher_forced(bidirectional, params, true, jax.random.key(6), settings,

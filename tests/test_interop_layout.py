@@ -13,8 +13,9 @@ import torch
 
 from conftest import perturb, small_config
 from videomar_jax import interop
-from videomar_jax.interop import checkpoints, layout, safetensors_io
-from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.interop import torch_checkpoint as checkpoints, layout
+from videomar_jax.io import safetensors_io
+from videomar_jax.train.setup import make_model
 
 
 def _text_config(scan_layers=True):
@@ -26,7 +27,7 @@ def _text_config(scan_layers=True):
 
 
 def _params(config, seed=0):
-  return perturb(VideoMAR(config).init(jax.random.key(seed)), jax.random.key(seed + 1))
+  return perturb(make_model(config).init(jax.random.key(seed)), jax.random.key(seed + 1))
 
 
 def _assert_bit_equal(a, b):
@@ -48,7 +49,7 @@ def test_export_then_import_is_bit_exact(tmp_path, scan_layers, suffix):
 
 def test_authors_key_names_and_shapes():
   config = _text_config()
-  d, hd, c = 32, 16, VideoMAR(config).token_dim
+  d, hd, c = 32, 16, make_model(config).token_dim
   state_dict = layout.flax_to_torch(_params(config), config.model.depth)
   expected = {
       "z_proj.weight": (d, c), "z_proj.bias": (d,), "mask_token": (1, 1, d),

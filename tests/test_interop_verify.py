@@ -12,8 +12,9 @@ import torch
 
 from conftest import REPO, small_config
 from videomar_jax import interop
-from videomar_jax.interop import checkpoints, layout, torch_reference, verify
+from videomar_jax.interop import torch_checkpoint as checkpoints, layout, torch_reference, verify
 from videomar_jax.models import sequence
+from videomar_jax.train.setup import make_model
 from videomar_jax.models.diffusion_head import SimpleMLPAdaLN
 
 
@@ -86,7 +87,7 @@ def test_a_corrupted_layer_is_reported_as_the_first_divergence(tmp_path):
   config = _config("text")
   net = _torch_checkpoint(config, tmp_path / "model.pt")
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
-  params = layout.torch_to_flax(state_dict, verify.VideoMAR(config).abstract_params(), 2)
+  params = layout.torch_to_flax(state_dict, make_model(config).abstract_params(), 2)
   inputs = verify.random_inputs(config)
   torch_out = verify.torch_forward(config, net, inputs)
   # A small error in block 1's feed-forward output (scan layout: index 1 of the stack).

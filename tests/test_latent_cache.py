@@ -18,12 +18,13 @@ import pytest
 
 from conftest import REPO, small_config
 from videomar_jax.data import bouncing_balls, latent_cache
-from videomar_jax.sampling.pipeline import VideoGenerator, load_checkpoint
+from videomar_jax.sampling.video_generator import VideoGenerator
+from videomar_jax.train.setup import restore_weights
 from videomar_jax.tokenizers import make_tokenizer, store
 from videomar_jax.tokenizers.base import video_to_unit
 from videomar_jax.tokenizers.cosmos import get_variant, random_params
 from videomar_jax.train import trainer
-from videomar_jax.train.report import read_metrics
+from videomar_jax.train.loss_report import read_metrics
 
 VARIANT = "CV4x8x8-narrow"
 NUM_FRAMES, RESOLUTION = 9, 32  # 1 + 4 * 2 frames -> 3 latent frames of 4 x 4
@@ -174,7 +175,7 @@ def test_sampling_decodes_through_the_runs_tokenizer(tmp_path, cache_dir, data_d
   assert list(read_metrics(workdir)) == [1, 2, 3]
   moved = str(tmp_path / "moved")
   os.rename(workdir, moved)  # the recorded tokenizer path is gone; the run's copy is found
-  config, params, _ = load_checkpoint(moved)
+  config, params, _ = restore_weights(moved)
   generator = VideoGenerator(config, params)
   assert config.tokenizer.checkpoint == os.path.join(moved, "tokenizer")
   tokens = jax.random.normal(jax.random.key(0), (1, 3, 16, 16))
@@ -240,7 +241,7 @@ def test_cli_convert_from_diffusers_and_original_layouts(tmp_path):
   saves it: with the convs of its switched-off resamplers, which are dropped with a note."""
   import torch  # pylint: disable=import-outside-toplevel
   from diffusers import AutoencoderKLCosmos  # pylint: disable=import-outside-toplevel
-  from videomar_jax.interop.cosmos_keys import diffusers_to_original  # pylint: disable=import-outside-toplevel
+  from videomar_jax.tokenizers.cosmos.keys import diffusers_to_original  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   network = get_variant(VARIANT)
   reference = AutoencoderKLCosmos(**network.to_diffusers()).eval()
@@ -292,7 +293,7 @@ def test_cli_data_encode_writes_a_cache_the_trainer_reads(tmp_path, tokenizer_di
 
 
 def test_bench_tokenizer_counts_parameters_and_times_both_directions():
-  from videomar_jax.bench_tokenizer import bench_tokenizer  # pylint: disable=import-outside-toplevel
+  from videomar_jax.tools.bench_tokenizer import bench_tokenizer  # pylint: disable=import-outside-toplevel
   result = bench_tokenizer(VARIANT, num_frames=NUM_FRAMES, resolution=RESOLUTION, repeats=1)
   parameters = result["parameters"]
   assert parameters["total"] == sum(v for k, v in parameters.items() if k != "total")

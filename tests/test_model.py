@@ -9,6 +9,7 @@ import pytest
 from conftest import load_config, perturb, small_config
 from videomar_jax.models import attention, rope, sequence
 from videomar_jax.models.transformer import layers_to_scanned, scanned_to_layers
+from videomar_jax.train.setup import make_model
 from videomar_jax.models.videomar import VideoMAR
 
 T, H, W = 3, 2, 3  # frames and token grid of the test sequences
@@ -23,7 +24,7 @@ def _inputs(model, rng, batch=2):
 
 
 def _model_and_params(seed=0, **overrides):
-  model = VideoMAR(small_config(**overrides))
+  model = make_model(small_config(**overrides))
   return model, perturb(model.init(jax.random.key(seed)), jax.random.key(seed + 1))
 
 
@@ -54,7 +55,7 @@ def test_custom_rope_split_changes_the_model():
 
 def test_scanned_and_per_layer_models_agree_and_params_convert():
   scanned, params = _model_and_params(scan_layers=True)
-  looped = VideoMAR(small_config(scan_layers=False))
+  looped = make_model(small_config(scan_layers=False))
   depth = scanned.config.model.depth
   layer_params = dict(params, transformer=scanned_to_layers(params["transformer"], depth))
   assert jax.tree_util.tree_structure(layer_params) == jax.tree_util.tree_structure(
@@ -69,7 +70,7 @@ def test_scanned_and_per_layer_models_agree_and_params_convert():
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_keeps_outputs_and_gradients(policy):
   model, params = _model_and_params(remat_policy="none")
-  remat = VideoMAR(small_config(remat_policy=policy))
+  remat = make_model(small_config(remat_policy=policy))
   inputs = _inputs(model, jax.random.key(5))
   loss = lambda m: lambda p: jnp.sum(m.encode(p, *inputs) ** 2)
   g1, g2 = jax.grad(loss(model))(params), jax.grad(loss(remat))(params)
@@ -80,7 +81,7 @@ def test_remat_keeps_outputs_and_gradients(policy):
 @pytest.mark.parametrize("chunk", [4, 7])  # 18 queries: even blocks, and a padded last one
 def test_query_chunked_attention_keeps_outputs_and_gradients(chunk):
   model, params = _model_and_params(attention_chunk=0)
-  chunked = VideoMAR(small_config(attention_chunk=chunk))
+  chunked = make_model(small_config(attention_chunk=chunk))
   inputs = _inputs(model, jax.random.key(6))
   np.testing.assert_allclose(chunked.encode(params, *inputs), model.encode(params, *inputs),
                              rtol=1e-5, atol=1e-5)
@@ -127,7 +128,7 @@ def test_frame_block_attention_keeps_outputs_and_gradients(chunk):
 
 
 def test_flop_count_follows_the_blocks_attention_computes():
-  from videomar_jax import flops  # pylint: disable=g-import-not-at-top
+  from videomar_jax.tools import flops  # pylint: disable=g-import-not-at-top
   from videomar_jax.losses import next_frame  # pylint: disable=g-import-not-at-top
   frames, is_target = next_frame.sequence_frames("all_frames", 8, 1)
   block = sequence.frame_block_mask(frames, is_target, N)
@@ -146,7 +147,7 @@ def _context_model(kind):
   config.model.context.kind = kind
   config.model.context.num_classes = 5
   config.model.context.dim, config.model.context.length = 12, 3
-  model = VideoMAR(config)
+  model = make_model(config)
   return model, perturb(model.init(jax.random.key(0)), jax.random.key(1))
 
 
@@ -205,7 +206,7 @@ def test_no_context_model_rejects_a_context():
 
 def test_bfloat16_compute_is_close_to_float32():
   model, params = _model_and_params()
-  bf16 = VideoMAR(small_config(dtype="bfloat16"))
+  bf16 = make_model(small_config(dtype="bfloat16"))
   inputs = _inputs(model, jax.random.key(9))
   z32, z16 = model.encode(params, *inputs), bf16.encode(params, *inputs)
   assert z16.dtype == jnp.float32 and np.all(np.isfinite(z16))
@@ -222,7 +223,7 @@ def test_wrong_token_width_is_a_clear_error():
 def test_presets_parameter_counts():
   counts = {}
   for preset in ("tiny", "tiny_long", "small", "base", "paper"):
-    model = VideoMAR(load_config(preset))
+    model = make_model(load_config(preset))
     counts[preset] = sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(
         model.abstract_params()))
   assert counts["tiny"] < counts["small"] < counts["base"] < counts["paper"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from videomar_jax.train.report import read_metrics
+from videomar_jax.train.loss_report import read_metrics
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 420

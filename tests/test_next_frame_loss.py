@@ -10,7 +10,12 @@ import pytest
 from conftest import perturb, small_config
 from videomar_jax.losses import next_frame
 from videomar_jax.models import attention, sequence
-from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.train.setup import make_model
+
+
+def _settings(model):
+  return next_frame.LossSettings.from_config(model.config)
+
 
 B, T, H, W = 2, 4, 2, 3
 N = H * W
@@ -19,7 +24,7 @@ N_COND = 1
 
 @pytest.fixture(scope="module")
 def setup():
-  model = VideoMAR(small_config())
+  model = make_model(small_config())
   params = perturb(model.init(jax.random.key(0)), jax.random.key(1))
   tokens = jax.random.normal(jax.random.key(2), (B, T, N, model.token_dim))
   return model, params, tokens
@@ -136,6 +141,7 @@ def test_loss_is_finite_and_differentiable(setup):
     model.config.loss.mode = mode
     try:
       loss_fn = lambda p: next_frame.next_frame_loss(model, p, tokens, jax.random.key(0),
+                                                          _settings(model),
                                                      h=H, w=W)[0]
       loss, grads = jax.value_and_grad(loss_fn)(params)
     finally:
@@ -225,7 +231,8 @@ def test_mar_mode_masks_every_later_frame_at_one_ratio_and_supervises_them_all(s
                                                  num_cond=N_COND, h=H, w=W)
   assert z.shape[:3] == (B, T - N_COND, N)
   np.testing.assert_array_equal(targets, tokens[:, N_COND:])
-  loss, _ = next_frame.next_frame_loss(model, params, tokens, jax.random.key(0), h=H, w=W)
+  loss, _ = next_frame.next_frame_loss(model, params, tokens, jax.random.key(0),
+                                       _settings(model), h=H, w=W)
   assert np.isfinite(loss)
   # Causal mar: frame 1's outputs ignore frame 3.
   z_changed, _ = next_frame.conditions_and_targets(

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, small_config
-from videomar_jax import bench
+from videomar_jax.tools import bench_sampler as bench
 from videomar_jax.data import bouncing_balls
 from videomar_jax.eval import balls
 from videomar_jax.models import sequence
-from videomar_jax.sampling import video_io
+from videomar_jax.io import video_io
 from videomar_jax.tokenizers.base import unit_to_video
 from videomar_jax.tokenizers.patch import PatchTokenizer
 
@@ -37,7 +37,7 @@ def test_centres_found_from_colour_masks_match_the_simulation():
 def test_report_scores_references_and_predictions_the_same_way(tmp_path):
   """`score` on the truth gives the metric's floor, on copy-previous its known error; balls
   found and SSIM see a blank frame for what it is; the contact sheet has 3 rows an example."""
-  from videomar_jax.eval import report  # pylint: disable=import-outside-toplevel
+  from videomar_jax.eval import evaluate as report  # pylint: disable=import-outside-toplevel
   colour_ids = np.array([0, 3])
   start = np.array([[8.0, 6.0], [22.0, 10.0]])
   centres = bouncing_balls.simulate(start, colour_ids, num_frames=5, resolution=32, radius=3,

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from conftest import REPO, small_config
-from videomar_jax import plan as plan_lib
-from videomar_jax.bench_train import bench_train
+from videomar_jax.tools import plan as plan_lib
+from videomar_jax.tools.bench_train import bench_train
 
 
 def test_plan_compiles_from_abstract_shapes_and_fsdp_shrinks_the_per_device_state():

@@ -13,7 +13,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from conftest import small_config
 from videomar_jax.data import pipeline
-from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.parallel import mesh as mesh_lib
 from videomar_jax.parallel import partition, rules as rules_lib
 from videomar_jax.sampling.generate import SamplerSettings, generate
@@ -21,7 +20,15 @@ from videomar_jax.tokenizers import make_tokenizer
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train.checkpoint import Checkpointer
 from videomar_jax.losses import next_frame
-from videomar_jax.train.state import create_state, make_train_step, video_to_tokens
+from videomar_jax.train.setup import make_model
+from videomar_jax.train import setup
+from videomar_jax.tokenizers.base import video_to_tokens
+from videomar_jax.train.state import create_state, make_train_step
+
+
+def _settings(model):
+  return next_frame.LossSettings.from_config(model.config)
+
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2)]
 
@@ -59,11 +66,11 @@ def _config():
 
 
 def _setup(config, mesh_shape):
-  model = VideoMAR(config)
+  model = make_model(config)
   optimizer = optim_lib.make_optimizer(config.optim, config.batch_size, 100)
   mesh = mesh_lib.make_mesh(dict(zip(mesh_lib.MESH_AXES, mesh_shape)))
   rules = rules_lib.rules_from_config(config.sharding.rules)
-  shardings = partition.state_shardings(model, optimizer, mesh, rules, config.seed)
+  shardings = setup.state_shardings(model, optimizer, mesh, rules, config.seed)
   return model, optimizer, mesh, rules, shardings
 
 
@@ -113,7 +120,7 @@ def test_unknown_missing_conflicting_and_indivisible_rules_are_errors():
     _setup(config, (2, 2, 2))
   config = _config()
   rules = tuple(r for r in rules_lib.rules_from_config(config.sharding.rules) if r[0] != "mlp")
-  model = VideoMAR(config)
+  model = make_model(config)
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   with pytest.raises(ValueError, match="no sharding rule for logical axis 'mlp'"):
     rules_lib.param_shardings(model.logical_axes(), model.abstract_params(), mesh, rules)
@@ -126,9 +133,9 @@ def test_unknown_missing_conflicting_and_indivisible_rules_are_errors():
 
 def _loss_and_grads(model, tokenizer):
   def fn(params, video, rng):
-    tokens, (h, w) = video_to_tokens(model, tokenizer, video)
+    tokens, (h, w) = video_to_tokens(tokenizer, video, model.config.model.patch_size)
     return jax.value_and_grad(
-        lambda p: next_frame.next_frame_loss(model, p, tokens, rng, h=h, w=w)[0])(params)
+        lambda p: next_frame.next_frame_loss(model, p, tokens, rng, _settings(model), h=h, w=w)[0])(params)
   return fn
 
 
@@ -148,7 +155,8 @@ def one_device():
   video = _batch(config)["video"]
   params = create_state(model, optimizer, config.seed).params
   loss, grads = jax.jit(_loss_and_grads(model, tokenizer))(params, video, jax.random.key(3))
-  step = make_train_step(model, tokenizer, optimizer, config.optim.ema_decay)
+  step = make_train_step(model, tokenizer, optimizer, config.optim.ema_decay,
+                         _settings(model))
   state, metrics = jax.jit(step)(create_state(model, optimizer, config.seed), {"video": video})
   return dict(loss=loss, grads=grads, step_params=state.params, step_loss=metrics["loss"])
 
@@ -174,8 +182,9 @@ def test_sharded_loss_gradients_and_step_equal_one_device(mesh_shape, one_device
       shardings.params["transformer"]["blocks"]["ff_proj"]["kernel"]
 
   # The full step: sharded state in, donated, sharded state out.
-  step = make_train_step(model, tokenizer, optimizer, config.optim.ema_decay)
-  state = partition.create_sharded_state(model, optimizer, shardings, config.seed)
+  step = make_train_step(model, tokenizer, optimizer, config.optim.ema_decay,
+                         _settings(model))
+  state = setup.create_sharded_state(model, optimizer, shardings, config.seed)
   state_n, metrics_n = partition.shard_train_step(step, shardings, mesh, rules)(
       state, partition.global_batch({"video": video}, mesh))
   np.testing.assert_allclose(float(metrics_n["loss"]), float(one_device["step_loss"]),
@@ -186,7 +195,7 @@ def test_sharded_loss_gradients_and_step_equal_one_device(mesh_shape, one_device
 
 def test_generation_sharded_over_the_batch_matches_one_device():
   config = _config()
-  model = VideoMAR(config)
+  model = make_model(config)
   params = create_state(model, optim_lib.make_optimizer(config.optim, 8, 100), 0).params
   given = jax.random.normal(jax.random.key(1), (8, 1, 16, model.token_dim))
   settings = SamplerSettings(num_frames=3, num_steps=4)
@@ -203,14 +212,14 @@ def test_generation_sharded_over_the_batch_matches_one_device():
 def test_a_checkpoint_restores_onto_another_mesh(tmp_path):
   config = _config()
   model, optimizer, mesh_a, rules, shardings_a = _setup(config, (8, 1, 1))
-  state = partition.create_sharded_state(model, optimizer, shardings_a, config.seed)
+  state = setup.create_sharded_state(model, optimizer, shardings_a, config.seed)
   source = [{"frames": np.zeros((4, 16, 16, 3), np.uint8)}] * 8
   data_iter = iter(pipeline.make_loader(source, global_batch_size=8, num_frames=3,
                                         resolution=16, seed=0))
   checkpointer = Checkpointer(str(tmp_path), keep=2)
   checkpointer.save(1, state, data_iter, 0, config)
   _, _, mesh_b, _, shardings_b = _setup(config, (2, 2, 2))
-  target = partition.abstract_state(model, optimizer, shardings_b, config.seed)
+  target = setup.abstract_state(model, optimizer, shardings_b, config.seed)
   restored = checkpointer.restore(1, target)
   checkpointer.close()
   kernel = restored.params["transformer"]["blocks"]["attn1"]["wqkv"]["kernel"]

@@ -150,4 +150,26 @@ def test_factory():
   with pytest.raises(ValueError, match="patch_size"):
     make_tokenizer(ml_collections.ConfigDict(dict(name="patch")))
   with pytest.raises(ValueError, match="already registered"):
-    register_tokenizer("patch", lambda config: _CausalStub())
+    register_tokenizer("patch", lambda config: _CausalStub(), lambda config: None)
+
+
+def test_a_registered_tokenizer_sizes_the_model_and_trains():
+  """A tokenizer added with the public `register_tokenizer` carries its geometry: the model
+  is sized from it without building the tokenizer, and the train step runs on it."""
+  from conftest import small_config  # pylint: disable=import-outside-toplevel
+  from videomar_jax import tokenizers  # pylint: disable=import-outside-toplevel
+  from videomar_jax.tokenizers.geometry import TokenizerGeometry  # pylint: disable=import-outside-toplevel
+  from videomar_jax.train import setup  # pylint: disable=import-outside-toplevel
+  register_tokenizer("halves", lambda config: PatchTokenizer(2, latent_scale=0.5),
+                     lambda config: TokenizerGeometry(1, 2, 12))
+  try:
+    config = small_config()
+    config.tokenizer.name = "halves"
+    assert setup.make_model(config).token_dim == 12
+    assert setup.resolve(config).stages[0].grid == config.stages[0].resolution // 2
+    experiment = setup.build(config)
+    video = np.zeros((config.batch_size, config.stages[0].num_frames, 8, 8, 3), np.uint8)
+    _, metrics = experiment.train_step(experiment.create_state(), {"video": video})
+    assert np.isfinite(float(metrics["loss"]))
+  finally:
+    tokenizers._REGISTRY.pop("halves")  # pylint: disable=protected-access

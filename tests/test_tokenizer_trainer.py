@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO
 from videomar_jax.tokenizers import store
 from videomar_jax.tokenizers.cosmos_tokenizer import CosmosTokenizer
-from videomar_jax.train import tokenizer_trainer
-from videomar_jax.train.report import read_metrics
+from videomar_jax.train import loop, tokenizer_trainer
+from videomar_jax.train.loss_report import read_metrics
 
 
 def _config(data_dir, **overrides):
@@ -69,7 +69,7 @@ def test_trains_resumes_exactly_and_exports(tmp_path):
 def test_non_finite_loss_stops_without_overwriting(tmp_path):
   config = _config(str(tmp_path / "data"), steps=4)
   config.loss.l2_weight = float("nan")
-  with pytest.raises(tokenizer_trainer.NonFiniteLossError, match="non-finite"):
+  with pytest.raises(loop.NonFiniteLossError, match="non-finite"):
     tokenizer_trainer.train(config, str(tmp_path / "run"))
   assert not os.path.exists(os.path.join(tmp_path, "run", "tokenizer"))
 

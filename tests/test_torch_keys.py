@@ -12,7 +12,8 @@ import pytest
 from configs.videomar import get_config
 from videomar_jax import interop
 from videomar_jax.interop import keys, layout
-from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.io import safetensors_io
+from videomar_jax.train.setup import make_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "videomar.py")
@@ -50,7 +51,7 @@ SIZES = {
 
 def _state_dict(config, seed=0):
   """Random tensors in the authors' layout for `config` (no model is run)."""
-  shapes = layout.expected_torch_shapes(VideoMAR(config).abstract_params(), config.model.depth)
+  shapes = layout.expected_torch_shapes(make_model(config).abstract_params(), config.model.depth)
   rng = np.random.default_rng(seed)
   return {k: rng.standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
 
@@ -64,7 +65,7 @@ def test_inferred_overrides_rebuild_the_checkpoints_layout(name):
   assert sizes["num_heads"] == original.model.num_heads
   # Parsed against a different preset, the printed overrides give exactly this layout.
   rebuilt = _config(*keys.config_overrides(sizes), preset="small")
-  expected = layout.expected_torch_shapes(VideoMAR(rebuilt).abstract_params(),
+  expected = layout.expected_torch_shapes(make_model(rebuilt).abstract_params(),
                                           rebuilt.model.depth)
   assert keys.diff_report(state_dict, expected) == ""
   assert {k: tuple(v.shape) for k, v in state_dict.items()} == expected
@@ -86,7 +87,7 @@ def test_summary_groups_blocks_and_counts_parameters():
 def test_diff_is_grouped_not_one_line():
   state_dict = _state_dict(_config())
   small = _config(preset="small")
-  expected = layout.expected_torch_shapes(VideoMAR(small).abstract_params(), small.model.depth)
+  expected = layout.expected_torch_shapes(make_model(small).abstract_params(), small.model.depth)
   report = keys.diff_report(state_dict, expected)
   lines = report.splitlines()
   assert lines[0].endswith("mis-shaped:") and len(lines) < 80
@@ -107,10 +108,10 @@ def _renamed(state_dict):
 def test_key_map_loads_renamed_checkpoints(tmp_path, suffix):
   config = _config()
   state_dict = _state_dict(config, seed=3)
-  params = layout.torch_to_flax(state_dict, VideoMAR(config).abstract_params(),
+  params = layout.torch_to_flax(state_dict, make_model(config).abstract_params(),
                                 config.model.depth)
   path = str(tmp_path / "renamed.safetensors")
-  interop.safetensors_io.save(_renamed(state_dict), path)
+  safetensors_io.save(_renamed(state_dict), path)
   with pytest.raises(layout.LayoutError, match="missing"):
     interop.load_params(path, config)
   rules = [["^blocks\\.", "decoder_blocks."], ["^head\\.", "diffloss.net."],
@@ -154,7 +155,7 @@ def test_cli_lists_suggests_and_diffs(tmp_path):
   config = _config(*SIZES["class"])
   state_dict = _state_dict(config)
   path = str(tmp_path / "model.safetensors")
-  interop.safetensors_io.save(_renamed(state_dict), path)
+  safetensors_io.save(_renamed(state_dict), path)
   key_map = tmp_path / "map.json"
   key_map.write_text(json.dumps({"^blocks\\.": "decoder_blocks.", "^head\\.": "diffloss.net.",
                                  "^input_embed\\.": "z_proj."}))

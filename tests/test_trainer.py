@@ -14,12 +14,20 @@ import numpy as np
 import pytest
 
 from conftest import REPO, small_config
-from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.tokenizers import make_tokenizer
 from videomar_jax.train import optimizer as optim_lib
-from videomar_jax.train import trainer
-from videomar_jax.train.report import read_metrics
+from videomar_jax.errors import ConfigError
+from videomar_jax.io import safetensors_io
+from videomar_jax.train import loop, trainer
+from videomar_jax.train.loss_report import read_metrics
+from videomar_jax.train.setup import make_model
 from videomar_jax.train.state import create_state, make_train_step
+from videomar_jax.losses import next_frame
+
+
+def _settings(model):
+  return next_frame.LossSettings.from_config(model.config)
+
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,7 @@ def _config(data_dir, **train):
 
 
 def test_weight_decay_only_on_weight_matrices():
-  model = VideoMAR(small_config())
+  model = make_model(small_config())
   mask = optim_lib.decay_mask(model.init(jax.random.key(0)))
   blocks = mask["transformer"]["blocks"]
   assert blocks["attn1"]["wqkv"]["kernel"] and blocks["ff_proj"]["kernel"]
@@ -64,10 +72,11 @@ def test_learning_rate_schedule():
 def test_train_step_updates_params_ema_and_step():
   config = small_config()
   config.optim.warmup_steps = 0  # the warmup's first step has lr 0
-  model, tokenizer = VideoMAR(config), make_tokenizer(config.tokenizer)
+  model, tokenizer = make_model(config), make_tokenizer(config.tokenizer)
   optimizer = optim_lib.make_optimizer(config.optim, 4, 10)
   state = create_state(model, optimizer, seed=0)
-  step = jax.jit(make_train_step(model, tokenizer, optimizer, ema_decay=0.9))
+  step = jax.jit(make_train_step(model, tokenizer, optimizer, 0.9,
+                         _settings(model)))
   video = jax.random.randint(jax.random.key(0), (4, 3, 16, 16, 3), 0, 256).astype(jnp.uint8)
   new, metrics = step(state, {"video": video})
   assert int(new.step) == 1 and np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
@@ -112,7 +121,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir
   assert steps, "the step before the blow-up should have been saved"
   assert f"step {steps[-1]}" in str(info.value)
   # The kept checkpoint restores and holds finite parameters.
-  model = VideoMAR(config)
+  model = make_model(config)
   optimizer = optim_lib.make_optimizer(config.optim, config.batch_size, 8)
   from videomar_jax.train.checkpoint import Checkpointer
   ckpt = Checkpointer(workdir, 3)
@@ -267,7 +276,7 @@ def test_a_second_ctrl_c_stops_at_once():
   raises KeyboardInterrupt, which the CLI reports as one line, exit 130. Signals sent
   back to back to another process can merge into one, so this runs in-process."""
   before = signal.getsignal(signal.SIGINT)  # default, or ignored in a pytest-xdist worker
-  with trainer._PreemptionFlag() as flag:  # pylint: disable=protected-access
+  with loop.PreemptionFlag() as flag:
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.01)
     assert flag.raised and flag.signal_name == "SIGINT"
@@ -307,27 +316,27 @@ def test_cli_info_and_data_build(tmp_path):
 
 def test_a_fresh_run_can_start_from_pytorch_weights(tmp_path, data_dir):
   from videomar_jax import interop  # pylint: disable=import-outside-toplevel
-  from videomar_jax.sampling.pipeline import load_checkpoint  # pylint: disable=import-outside-toplevel
+  from videomar_jax.train.setup import restore_weights  # pylint: disable=import-outside-toplevel
   config = _config(data_dir, checkpoint_every=1)
   config.stages[0].steps, config.stages[1].steps = 1, 1
   config.optim.lr = 1e-30  # the steps run, but leave the weights where they started
-  model = VideoMAR(config)
+  model = make_model(config)
   weights = jax.tree_util.tree_map(lambda p: p + 0.5, model.init(jax.random.key(7)))
   interop.export_params(weights, config, str(tmp_path / "authors.safetensors"))
   # Saved under slightly different names, loaded through a key map.
   renamed = {k.replace("decoder_blocks.", "layers."): v for k, v in
-             interop.safetensors_io.load(str(tmp_path / "authors.safetensors")).items()}
-  interop.safetensors_io.save(renamed, str(tmp_path / "authors.safetensors"))
+             safetensors_io.load(str(tmp_path / "authors.safetensors")).items()}
+  safetensors_io.save(renamed, str(tmp_path / "authors.safetensors"))
   (tmp_path / "map.json").write_text('{"^layers\\\\.": "decoder_blocks."}')
   config.train.init_key_map = str(tmp_path / "map.json")
   config.train.init_from = str(tmp_path / "authors.safetensors")
   # Checkpoints outside the workdir (as gs://... on a pod): found through config.json.
   config.train.checkpoint_dir = str(tmp_path / "elsewhere" / "ckpt")
-  trainer.train(config, str(tmp_path / "run"))
+  trainer.train(config, str(tmp_path / "run"), interop.init_params_loader(config))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
   assert os.path.isdir(tmp_path / "elsewhere" / "ckpt" / "2")
   for use_ema in (False, True):
-    _, params, step = load_checkpoint(str(tmp_path / "run"), use_ema=use_ema)
+    _, params, step = restore_weights(str(tmp_path / "run"), use_ema=use_ema)
     assert step == 2
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(weights)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
@@ -335,4 +344,6 @@ def test_a_fresh_run_can_start_from_pytorch_weights(tmp_path, data_dir):
   config.train.init_from = str(tmp_path / "missing.safetensors")
   config.train.checkpoint_dir = ""
   with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+    trainer.train(config, str(tmp_path / "run2"), interop.init_params_loader(config))
+  with pytest.raises(ConfigError, match="no loader was given"):
     trainer.train(config, str(tmp_path / "run2"))

@@ -118,8 +118,12 @@ def cmd_train(_):
   workdir = _require(_WORKDIR, "train")
   distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value)
+  init_params = None
+  if config.train.init_from:  # read only on a fresh run, by every process
+    from videomar_jax import interop  # pylint: disable=g-import-not-at-top
+    init_params = interop.init_params_loader(config)
   try:
-    summary = trainer.train(config, workdir)
+    summary = trainer.train(config, workdir, init_params)
   except trainer.NonFiniteLossError as e:
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
@@ -139,9 +143,8 @@ def cmd_data_build(_):
 
 
 def cmd_info(_):
-  from videomar_jax import flops  # pylint: disable=g-import-not-at-top
-  from videomar_jax.models.videomar import VideoMAR  # pylint: disable=g-import-not-at-top
-  from videomar_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  from videomar_jax.tools import flops  # pylint: disable=g-import-not-at-top
+  from videomar_jax.train import setup, trainer  # pylint: disable=g-import-not-at-top
   config = _require(_CONFIG, "info")
   if _NUM_FRAMES_INFO.value:  # the clip length to describe instead of the last stage's
     if _NUM_FRAMES_INFO.value < 0:
@@ -149,7 +152,7 @@ def cmd_info(_):
                         "last stage's frames).")
     config.stages[-1].num_frames = _NUM_FRAMES_INFO.value
   trainer.validate(config)
-  model = VideoMAR(config)
+  model = setup.make_model(config)
   counts = flops.params_per_module(model)
   total = sum(counts.values())
   stage = config.stages[-1]
@@ -170,7 +173,8 @@ def cmd_info(_):
 
 
 def cmd_evaluate(_):
-  from videomar_jax.eval.report import EvaluateInputError, evaluate_run, report_summary  # pylint: disable=g-import-not-at-top
+  from videomar_jax.eval.evaluate import EvaluateInputError, evaluate_run, report_summary  # pylint: disable=g-import-not-at-top
+  from videomar_jax.train import setup  # pylint: disable=g-import-not-at-top
   workdir = _require(_WORKDIR, "evaluate")
   seeds = (_SEED.value,)
   if _SEEDS.value:
@@ -183,7 +187,8 @@ def cmd_evaluate(_):
   if _TEMPERATURE.value != "linear":  # lists are checked against the frames in `evaluate`
     sampler.update(_temperature_settings(_TEMPERATURE.value, None))
   try:
-    metrics = evaluate_run(workdir, num_examples=_NUM_EXAMPLES.value,
+    metrics = evaluate_run(workdir, setup.restore_weights(workdir),
+                           num_examples=_NUM_EXAMPLES.value,
                            num_frames=_NUM_FRAMES.value, num_steps=_NUM_STEPS.value,
                            seeds=seeds, sampler=sampler, out_name=_REPORT_NAME.value)
   except EvaluateInputError as e:
@@ -217,9 +222,10 @@ def cmd_sample(_):
   # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
   import numpy as np
-  from videomar_jax.sampling import video_io
+  from videomar_jax.io import video_io
   from videomar_jax.sampling.generate import SamplerSettings
-  from videomar_jax.sampling.pipeline import VideoGenerator, load_checkpoint
+  from videomar_jax.sampling.video_generator import VideoGenerator
+  from videomar_jax.train import setup
   # pylint: enable=g-import-not-at-top
   source = _CHECKPOINT.value or _WORKDIR.value
   torch_source = flags.FLAGS["torch_checkpoint"].value
@@ -252,7 +258,7 @@ def cmd_sample(_):
                                  key_map=flags.FLAGS["key_map"].value or "")
     step = "(PyTorch weights)"
   else:
-    config, params, step = load_checkpoint(source)
+    config, params, step = setup.restore_weights(source)
   if _CFG.value != 1.0 and (config.model.context.kind == "none" or _CLASS.value is None):
     raise app.UsageError(f"--cfg={_CFG.value} has no effect without a context: it needs a "
                          "class model and --class_label (this model's context: "
@@ -286,7 +292,7 @@ def cmd_sample(_):
 
 def cmd_plan(_):
   # pylint: disable=g-import-not-at-top
-  from videomar_jax import plan
+  from videomar_jax.tools import plan
   from videomar_jax.parallel.mesh import parse_mesh
   from videomar_jax.train import trainer
   # pylint: enable=g-import-not-at-top
@@ -306,7 +312,7 @@ def cmd_plan(_):
 
 
 def cmd_bench_train(_):
-  from videomar_jax.bench_train import bench_train  # pylint: disable=g-import-not-at-top
+  from videomar_jax.tools.bench_train import bench_train  # pylint: disable=g-import-not-at-top
   from videomar_jax.train import trainer  # pylint: disable=g-import-not-at-top
   config = _require(_CONFIG, "bench train")
   if _MESH.value:
@@ -324,7 +330,7 @@ def cmd_bench_train(_):
 
 
 def cmd_bench_sampler(_):
-  from videomar_jax import bench  # pylint: disable=g-import-not-at-top
+  from videomar_jax.tools import bench_sampler as bench  # pylint: disable=g-import-not-at-top
   config = _require(_CONFIG, "bench sampler")
   result = bench.bench_sampler(config, grid_side=_GRID.value, repeats=_REPEATS.value,
                                steps_per_frame=min(64, _GRID.value ** 2))
@@ -336,7 +342,7 @@ def cmd_bench_sampler(_):
 
 
 def cmd_bench_tokenizer(_):
-  from videomar_jax.bench_tokenizer import bench_tokenizer  # pylint: disable=g-import-not-at-top
+  from videomar_jax.tools.bench_tokenizer import bench_tokenizer  # pylint: disable=g-import-not-at-top
   variant = flags.FLAGS["variant"].value
   if not variant:
     raise app.UsageError("bench tokenizer needs --variant.")

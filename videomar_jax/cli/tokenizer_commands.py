@@ -65,7 +65,7 @@ def _load_tokenizer(directory: str):
 def read_pixels(path: str):
   """A video file or an array file -> float32 [B, F, H, W, 3] in [-1, 1]."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from videomar_jax.sampling import video_io  # pylint: disable=g-import-not-at-top
+  from videomar_jax.io import video_io  # pylint: disable=g-import-not-at-top
   if path.lower().endswith(VIDEO_SUFFIXES):
     try:
       frames = video_io.read_frames(path)
@@ -136,7 +136,7 @@ def cmd_tokenizer_encode(_):
 def cmd_tokenizer_decode(_):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from videomar_jax.sampling import video_io  # pylint: disable=g-import-not-at-top
+  from videomar_jax.io import video_io  # pylint: disable=g-import-not-at-top
   from videomar_jax.tokenizers.base import unit_to_video  # pylint: disable=g-import-not-at-top
   tokenizer = _load_tokenizer(_flag("checkpoint", "tokenizer decode"))
   source, target = _flag("input", "tokenizer decode"), _flag("output", "tokenizer decode")
@@ -166,7 +166,7 @@ def cmd_tokenizer_decode(_):
 
 def cmd_tokenizer_convert(_):
   # pylint: disable=g-import-not-at-top
-  from videomar_jax.interop import cosmos_convert
+  from videomar_jax.tokenizers.cosmos import convert as cosmos_convert
   from videomar_jax.tokenizers import store
   from videomar_jax.tokenizers.cosmos import CosmosConfig, get_variant
   # pylint: enable=g-import-not-at-top
@@ -215,7 +215,7 @@ def cmd_tokenizer_train(_):
 
 def _folder_source(path: str):
   """A folder of video files as a random-access source of uint8 clips (sorted by name)."""
-  from videomar_jax.sampling import video_io  # pylint: disable=g-import-not-at-top
+  from videomar_jax.io import video_io  # pylint: disable=g-import-not-at-top
   files = sorted(p for p in glob.glob(os.path.join(path, "*"))
                  if p.lower().endswith(VIDEO_SUFFIXES))
   if not files:

@@ -41,7 +41,7 @@ _USE_EMA = flags.DEFINE_bool("use_ema", True, "torch export: export the EMA weig
 
 def cmd_verify(_):
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from videomar_jax.interop import checkpoints, verify  # pylint: disable=import-outside-toplevel
+  from videomar_jax.interop import torch_checkpoint as checkpoints, verify  # pylint: disable=import-outside-toplevel
   config = flags.FLAGS["config"].value
   if config is None or _TORCH_CHECKPOINT.value is None:
     raise app.UsageError("verify needs --config and --torch_checkpoint.")
@@ -81,13 +81,13 @@ def cmd_verify(_):
 
 
 def cmd_torch_export(_):
-  from videomar_jax.interop import checkpoints  # pylint: disable=import-outside-toplevel
-  from videomar_jax.sampling.pipeline import load_checkpoint  # pylint: disable=import-outside-toplevel
+  from videomar_jax.interop import torch_checkpoint as checkpoints  # pylint: disable=import-outside-toplevel
+  from videomar_jax.train.setup import restore_weights  # pylint: disable=import-outside-toplevel
   source = flags.FLAGS["checkpoint"].value or flags.FLAGS["workdir"].value
   out = flags.FLAGS["out"].value
   if source is None or out is None:
     raise app.UsageError("torch export needs --checkpoint (or --workdir) and --out.")
-  config, params, step = load_checkpoint(source, use_ema=_USE_EMA.value)
+  config, params, step = restore_weights(source, use_ema=_USE_EMA.value)
   state_dict = checkpoints.export_params(params, config, out)
   with open(os.path.splitext(out)[0] + ".config.json", "w") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -97,8 +97,8 @@ def cmd_torch_export(_):
 
 def cmd_torch_keys(_):
   # pylint: disable=import-outside-toplevel
-  from videomar_jax.interop import checkpoints, keys, layout
-  from videomar_jax.models.videomar import VideoMAR
+  from videomar_jax.interop import torch_checkpoint as checkpoints, keys, layout
+  from videomar_jax.train.setup import make_model
   # pylint: enable=import-outside-toplevel
   path = _TORCH_CHECKPOINT.value
   if path is None:
@@ -114,7 +114,7 @@ def cmd_torch_keys(_):
   config = flags.FLAGS["config"].value
   if config is None:
     return
-  expected = layout.expected_torch_shapes(VideoMAR(config).abstract_params(), config.model.depth)
+  expected = layout.expected_torch_shapes(make_model(config).abstract_params(), config.model.depth)
   report = keys.diff_report(state_dict, expected)
   if not report:
     print(f"\nThe checkpoint matches the config ({len(expected)} tensors).", flush=True)

@@ -230,7 +230,7 @@ def check_run(meta: dict, directory: str, tokenizer_config, num_latent_frames: i
               resolution: int, random_flip: bool) -> None:
   """Errors that name the mismatch between a cache and a run's config and stage."""
   # pylint: disable=import-outside-toplevel
-  from videomar_jax.tokenizers.geometry import tokenizer_geometry
+  from videomar_jax.tokenizers import tokenizer_geometry
   cached = meta["tokenizer"]
   geometry = tokenizer_geometry(tokenizer_config)
   wanted = (geometry.temporal_stride, geometry.spatial_stride, geometry.latent_channels)

@@ -28,7 +28,7 @@ from videomar_jax.diffusion import gaussian
 from videomar_jax.errors import UserError
 from videomar_jax.models import sequence
 from videomar_jax.models.transformer import scanned_to_layers
-from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.train.setup import make_model
 
 # max |jax - torch| / max |torch| allowed per layer, by the JAX compute dtype (PyTorch always
 # runs float32). float32 leaves summation-order noise (measured ~1e-6); bfloat16 matmuls
@@ -90,7 +90,7 @@ def random_inputs(config: ml_collections.ConfigDict, seed: int = 0, batch_size: 
   over the whole range with t = 0 present (the decoder-NLL branch of the loss), and a
   context matching the config (text with some padding, or class labels)."""
   rng = np.random.default_rng(seed)
-  model = VideoMAR(config)
+  model = make_model(config)
   b, t, (h, w), c = batch_size, num_frames, grid, model.token_dim
   num_timesteps = model.train_schedule.num_timesteps
   inputs = {
@@ -117,7 +117,7 @@ def check_inputs(config: ml_collections.ConfigDict, inputs: dict, seed: int = 0)
     raise InputError(f"unknown input arrays {unknown}; expected some of {INPUT_NAMES}.")
   if "tokens" not in inputs:
     raise InputError("the inputs must contain 'tokens' [B, T, h, w, C].")
-  model = VideoMAR(config)
+  model = make_model(config)
   tokens = np.asarray(inputs["tokens"], np.float32)
   if tokens.ndim != 5 or tokens.shape[-1] != model.token_dim:
     raise InputError(f"tokens must be [B, T, h, w, {model.token_dim}], got {tokens.shape}.")
@@ -164,7 +164,7 @@ def _per_layer_config(config):
 def jax_forward(config: ml_collections.ConfigDict, params: dict, inputs: dict) -> dict:
   """This project's forward pass with every compared intermediate, as float32 NumPy."""
   config = _per_layer_config(config)
-  model = VideoMAR(config)
+  model = make_model(config)
   if "blocks" in params["transformer"]:
     params = {**params, "transformer": scanned_to_layers(params["transformer"],
                                                          config.model.depth)}
@@ -201,7 +201,7 @@ def torch_model(config: ml_collections.ConfigDict, state_dict: dict | None = Non
   """The PyTorch reference network for `config`, loaded strictly from `state_dict`."""
   import torch  # pylint: disable=import-outside-toplevel
   from videomar_jax.interop import torch_reference  # pylint: disable=import-outside-toplevel
-  model = VideoMAR(config)
+  model = make_model(config)
   tc, ctx = model.transformer_config, config.model.context
   net = torch_reference.TorchVideoMAR(
       token_dim=model.token_dim, width=tc.width, depth=tc.depth, num_heads=tc.num_heads,
@@ -265,7 +265,7 @@ def verify(config: ml_collections.ConfigDict, state_dict: dict, inputs: dict,
   tolerance = TOLERANCES[dtype] if tolerance is None else tolerance
   seconds = {}
   start = time.perf_counter()
-  params = layout.torch_to_flax(state_dict, VideoMAR(config).abstract_params(),
+  params = layout.torch_to_flax(state_dict, make_model(config).abstract_params(),
                                 config.model.depth)
   jax_out = jax_forward(config, params, inputs)
   seconds["jax"] = time.perf_counter() - start

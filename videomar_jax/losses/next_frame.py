@@ -46,6 +46,9 @@ would show the answer; `all_frames` needs causal attention, and so does the KV c
 All randomness is drawn up front into `LossDraws`, so tests can fix masks and noise.
 """
 
+import dataclasses
+from collections.abc import Callable
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -56,7 +59,6 @@ from videomar_jax.diffusion import gaussian
 from videomar_jax.errors import ConfigError
 from videomar_jax.models import sequence
 
-LOSS_MODES = ("paper", "all_frames", "mar")
 TEMPORAL_ATTENTION = ("causal", "bidirectional")
 
 
@@ -77,6 +79,44 @@ class LossDraws:
   own_context_rng: jax.Array | None = None  # PRNG key of that prediction's head sampling
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """Everything the loss reads, taken from a VideoMAR config once (`from_config`), so the
+  loss does not reach into the model's config. Hashable: a static argument of the step."""
+  mode: str = "paper"
+  num_cond_frames: int = 1
+  mask_ratio_min: float = 0.7
+  mask_ratio_std: float = 0.25
+  context_noise: float = 0.0
+  context_fade: float = 0.0
+  context_token_drop: float = 0.0
+  own_context_prob: float = 0.0
+  own_context_steps: int = 10
+  diffusion_batch_mul: int = 4
+  context_drop_prob: float = 0.0  # classifier-free guidance: p(null context) in training
+  temporal_attention: str = "causal"
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "LossSettings":
+    loss = config.loss
+    return cls(
+        mode=loss.mode, num_cond_frames=loss.num_cond_frames,
+        mask_ratio_min=loss.mask_ratio_min, mask_ratio_std=loss.mask_ratio_std,
+        context_noise=loss.get("context_noise", 0.0),
+        context_fade=loss.get("context_fade", 0.0),
+        context_token_drop=loss.get("context_token_drop", 0.0),
+        own_context_prob=loss.get("own_context_prob", 0.0),
+        own_context_steps=loss.get("own_context_steps", 10),
+        diffusion_batch_mul=config.head.diffusion_batch_mul,
+        context_drop_prob=(config.model.context.drop_prob
+                           if config.model.context.kind != "none" else 0.0),
+        temporal_attention=temporal_attention(config))
+
+  def get(self, name: str, default=None):
+    """ConfigDict-style access, so `draw` and `check_config` take either."""
+    return getattr(self, name, default)
+
+
 def random_token_mask(rng: jax.Array, num_masked: jax.Array, num_tokens: int) -> jax.Array:
   """[B] counts -> [B, N] mask with that many tokens masked at random positions."""
   scores = jax.random.uniform(rng, (num_masked.shape[0], num_tokens))
@@ -90,18 +130,18 @@ def sample_mask_ratio(rng: jax.Array, shape, minimum: float, std: float) -> jax.
 
 
 def num_supervised_frames(mode: str, num_frames: int, num_cond: int) -> int:
-  return 1 if mode == "paper" else num_frames - num_cond
+  """Latent frames whose masked tokens carry loss (F' of `LossDraws`)."""
+  return loss_mode(mode).supervised_frames(num_frames, num_cond)
 
 
 def check_modes(mode: str, temporal_attention: str) -> None:
-  if mode not in LOSS_MODES:
-    raise ConfigError(f"loss.mode {mode!r} not in {LOSS_MODES}.")
+  entry = loss_mode(mode)
   if temporal_attention not in TEMPORAL_ATTENTION:
     raise ConfigError(f"model.temporal_attention {temporal_attention!r} not in "
                      f"{TEMPORAL_ATTENTION}.")
-  if mode == "all_frames" and temporal_attention != "causal":
-    raise ConfigError("loss.mode 'all_frames' needs model.temporal_attention 'causal' (its "
-                     "clean stream would otherwise show every frame's answer).")
+  if entry.needs_causal and temporal_attention != "causal":
+    raise ConfigError(f"loss.mode {mode!r} needs model.temporal_attention 'causal' "
+                      f"({entry.needs_causal}).")
 
 
 def check_config(loss_config: ml_collections.ConfigDict, temporal_attention: str,
@@ -125,8 +165,10 @@ def check_config(loss_config: ml_collections.ConfigDict, temporal_attention: str
   if not 0 <= own_prob <= 1:
     raise ConfigError(f"loss.own_context_prob={own_prob} must be in [0, 1].")
   if own_prob > 0:
-    if mode != "all_frames":
-      raise ConfigError(f"loss.own_context_prob > 0 needs loss.mode 'all_frames', not {mode!r}.")
+    if not loss_mode(mode).own_context:
+      own_modes = [name for name, m in _LOSS_MODES.items() if m.own_context]
+      raise ConfigError(f"loss.own_context_prob > 0 needs loss.mode in {own_modes}, not "
+                        f"{mode!r}.")
     if loss_config.get("own_context_steps", 0) < 1:
       raise ConfigError("loss.own_context_steps must be >= 1 when loss.own_context_prob > 0.")
 
@@ -140,10 +182,11 @@ def draw(rng: jax.Array, loss_config: ml_collections.ConfigDict, *, batch_size: 
   b, n, mul = batch_size, tokens_per_frame, diffusion_batch_mul
   f = num_supervised_frames(mode, num_frames, n_cond)
   keys = jax.random.split(rng, 6)
+  entry = loss_mode(mode)
   target_frame = jax.random.randint(keys[0], (b,), n_cond, num_frames)
-  if mode != "paper":
+  if not entry.random_target_frame:
     target_frame = jnp.full((b,), n_cond, jnp.int32)
-  if mode == "mar":  # one ratio over all the predicted frames' tokens
+  if entry.one_ratio_over_frames:  # one ratio over all the predicted frames' tokens
     ratio = sample_mask_ratio(keys[1], (b,), loss_config.mask_ratio_min,
                               loss_config.mask_ratio_std)
     num_masked = jnp.clip(jnp.ceil(f * n * ratio).astype(jnp.int32), 1, f * n)
@@ -216,10 +259,7 @@ def own_predictions(model, params, tokens: jax.Array, draws: LossDraws, *, num_c
 
 def sequence_frames(mode: str, num_frames: int, num_cond: int):
   """(frame index, is_target) of every frame of the training sequence, static NumPy."""
-  if mode in ("paper", "mar"):
-    return np.arange(num_frames), np.zeros(num_frames, bool)
-  frames = np.concatenate([np.arange(num_frames - 1), np.arange(num_cond, num_frames)])
-  return frames, np.arange(len(frames)) >= num_frames - 1
+  return loss_mode(mode).sequence_frames(num_frames, num_cond)
 
 
 def sequence_layout(mode: str, num_frames: int, num_cond: int, h: int, w: int,
@@ -249,38 +289,127 @@ def conditions_and_targets(model, params, tokens: jax.Array, draws: LossDraws, *
     raise ValueError(f"tokens have {n} per frame, expected h*w = {h}*{w}.")
   positions, attn_mask = sequence_layout(mode, t, num_cond, h, w, temporal_attention)
   context_view = corrupt_context(tokens, draws, num_cond)
-  if mode == "paper":
-    is_target_frame = jnp.arange(t)[None, :] == draws.target_frame[:, None]  # [B, T]
-    is_masked = is_target_frame[:, :, None] & draws.token_mask  # mask only frame k
-    # The target frame's visible tokens are this frame's own, as when sampling: clean.
-    seq = jnp.where(is_target_frame[:, :, None, None], tokens, context_view)
-    if temporal_attention == "bidirectional":  # nobody sees the frames after k
-      key_frame = jnp.repeat(jnp.arange(t), n)
-      attn_mask = attn_mask[None] & (key_frame[None, None, :] <=
-                                     draws.target_frame[:, None, None])
-  elif mode == "mar":  # the given frames clean, the later ones masked in place
-    seq = tokens
-    is_masked = jnp.concatenate([jnp.zeros((b, num_cond, n), bool), draws.token_mask], 1)
-  else:
-    context_view = context_view[:, :t - 1]
-    if draws.own_context is not None and t - 1 > num_cond:
-      own = own_predictions(model, params, tokens, draws, num_cond=num_cond,
-                            num_steps=own_context_steps, positions=positions,
-                            attn_mask=attn_mask, context=context, context_mask=context_mask)
-      own = jnp.concatenate([tokens[:, :num_cond], own], axis=1)
-      context_view = jnp.where(draws.own_context[:, None, None, None], own, context_view)
-    seq = jnp.concatenate([context_view, tokens[:, num_cond:]], axis=1)
-    is_masked = jnp.concatenate(
-        [jnp.zeros((b, t - 1, n), bool), draws.token_mask], axis=1)
+  own_context = lambda: own_predictions(
+      model, params, tokens, draws, num_cond=num_cond, num_steps=own_context_steps,
+      positions=positions, attn_mask=attn_mask, context=context, context_mask=context_mask)
+  entry = loss_mode(mode)
+  seq, is_masked, attn_mask = entry.inputs(
+      tokens, context_view, draws, num_cond=num_cond, attn_mask=attn_mask,
+      temporal_attention=temporal_attention, own_context=own_context)
   z = model.encode(params, seq.reshape(b, -1, c), is_masked.reshape(b, -1), positions,
                    attn_mask, context, context_mask, draws.drop_context)
-  z = z.reshape(b, seq.shape[1], n, -1)
-  if mode == "paper":
-    pick = draws.target_frame[:, None, None, None]
-    return (jnp.take_along_axis(z, pick, axis=1), jnp.take_along_axis(tokens, pick, axis=1))
-  if mode == "mar":
-    return z[:, num_cond:], tokens[:, num_cond:]
-  return z[:, t - 1:], tokens[:, num_cond:]
+  return entry.outputs(z.reshape(b, seq.shape[1], n, -1), tokens, draws, num_cond)
+
+
+# ---- The loss modes: each says which frames its training sequence holds, which of them
+# carry loss, how the clip becomes that sequence and where the supervised outputs are.
+# `inputs(tokens [B, T, N, C], context_view (tokens as context: corrupted if asked), draws,
+# *, num_cond, attn_mask, temporal_attention, own_context (() -> the model's own guesses))
+# -> (sequence [B, F, N, C], is_masked [B, F, N], attention mask)`;
+# `outputs(z [B, F, N, D], tokens, draws, num_cond) -> (z, targets) [B, F', N, .]`.
+@dataclasses.dataclass(frozen=True)
+class LossMode:
+  name: str
+  sequence_frames: Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # (T, n_cond)
+  supervised_frames: Callable[[int, int], int]  # (T, n_cond) -> F'
+  inputs: Callable[..., tuple]
+  outputs: Callable[..., tuple]
+  random_target_frame: bool = False  # draw the supervised frame per sample (`paper`)
+  one_ratio_over_frames: bool = False  # one mask ratio over all supervised frames (`mar`)
+  needs_causal: str = ""  # why it needs causal temporal attention ("" = it does not)
+  own_context: bool = False  # supports loss.own_context_prob
+
+
+def _clip_frames(num_frames: int, num_cond: int):
+  del num_cond
+  return np.arange(num_frames), np.zeros(num_frames, bool)
+
+
+def _paper_inputs(tokens, context_view, draws, *, num_cond, attn_mask, temporal_attention,
+                  own_context):
+  del num_cond, own_context
+  t, n = tokens.shape[1], tokens.shape[2]
+  is_target_frame = jnp.arange(t)[None, :] == draws.target_frame[:, None]  # [B, T]
+  is_masked = is_target_frame[:, :, None] & draws.token_mask  # mask only frame k
+  # The target frame's visible tokens are this frame's own, as when sampling: clean.
+  seq = jnp.where(is_target_frame[:, :, None, None], tokens, context_view)
+  if temporal_attention == "bidirectional":  # nobody sees the frames after k
+    key_frame = jnp.repeat(jnp.arange(t), n)
+    attn_mask = attn_mask[None] & (key_frame[None, None, :] <=
+                                   draws.target_frame[:, None, None])
+  return seq, is_masked, attn_mask
+
+
+def _paper_outputs(z, tokens, draws, num_cond):
+  del num_cond
+  pick = draws.target_frame[:, None, None, None]
+  return jnp.take_along_axis(z, pick, axis=1), jnp.take_along_axis(tokens, pick, axis=1)
+
+
+def _mar_inputs(tokens, context_view, draws, *, num_cond, attn_mask, temporal_attention,
+                own_context):
+  """The given frames clean, the later ones masked in place."""
+  del context_view, temporal_attention, own_context
+  b, _, n, _ = tokens.shape
+  is_masked = jnp.concatenate([jnp.zeros((b, num_cond, n), bool), draws.token_mask], 1)
+  return tokens, is_masked, attn_mask
+
+
+def _mar_outputs(z, tokens, draws, num_cond):
+  del draws
+  return z[:, num_cond:], tokens[:, num_cond:]
+
+
+def _all_frames_sequence(num_frames: int, num_cond: int):
+  frames = np.concatenate([np.arange(num_frames - 1), np.arange(num_cond, num_frames)])
+  return frames, np.arange(len(frames)) >= num_frames - 1
+
+
+def _all_frames_inputs(tokens, context_view, draws, *, num_cond, attn_mask,
+                       temporal_attention, own_context):
+  """Clean frames 0..T-2 (the context stream), then masked copies of frames n_cond..T-1."""
+  del temporal_attention
+  b, t, n, _ = tokens.shape
+  context_view = context_view[:, :t - 1]
+  if draws.own_context is not None and t - 1 > num_cond:
+    own = jnp.concatenate([tokens[:, :num_cond], own_context()], axis=1)
+    context_view = jnp.where(draws.own_context[:, None, None, None], own, context_view)
+  seq = jnp.concatenate([context_view, tokens[:, num_cond:]], axis=1)
+  is_masked = jnp.concatenate([jnp.zeros((b, t - 1, n), bool), draws.token_mask], axis=1)
+  return seq, is_masked, attn_mask
+
+
+def _all_frames_outputs(z, tokens, draws, num_cond):
+  del draws
+  return z[:, tokens.shape[1] - 1:], tokens[:, num_cond:]
+
+
+_LOSS_MODES: dict[str, LossMode] = {}
+
+
+def register_loss_mode(mode: LossMode) -> None:
+  """Adds a loss mode (`config.loss.mode = mode.name`)."""
+  if mode.name in _LOSS_MODES:
+    raise ValueError(f"loss mode {mode.name!r} is already registered")
+  _LOSS_MODES[mode.name] = mode
+
+
+def loss_mode(name: str) -> LossMode:
+  if name not in _LOSS_MODES:
+    raise ConfigError(f"loss.mode {name!r} not in {tuple(_LOSS_MODES)}.")
+  return _LOSS_MODES[name]
+
+
+register_loss_mode(LossMode(
+    "paper", _clip_frames, lambda t, n_cond: 1, _paper_inputs, _paper_outputs,
+    random_target_frame=True))
+register_loss_mode(LossMode(
+    "all_frames", _all_frames_sequence, lambda t, n_cond: t - n_cond, _all_frames_inputs,
+    _all_frames_outputs, own_context=True,
+    needs_causal="its clean stream would otherwise show every frame's answer"))
+register_loss_mode(LossMode(
+    "mar", _clip_frames, lambda t, n_cond: t - n_cond, _mar_inputs, _mar_outputs,
+    one_ratio_over_frames=True))
 
 
 def per_token_losses(model, params, tokens, draws: LossDraws, *, mode, num_cond, h, w,
@@ -311,24 +440,25 @@ def temporal_attention(config) -> str:
   return config.model.get("temporal_attention", "causal")
 
 
-def next_frame_loss(model, params, tokens: jax.Array, rng: jax.Array, *, h: int, w: int,
-                    context=None, context_mask=None, train: bool = True):
+def next_frame_loss(model, params, tokens: jax.Array, rng: jax.Array,
+                    settings: LossSettings, *, h: int, w: int, context=None,
+                    context_mask=None, train: bool = True):
   """The training loss: mean diffusion loss over the masked tokens of the target frame(s).
 
   tokens: [B, T, N, C] clean tokens of a clip (latents patchified, N = h * w).
+  settings: `LossSettings.from_config(config)`.
   Returns (loss, aux) with aux = {"masked_fraction": ...}.
   """
-  cfg = model.config
   b, t, n, c = tokens.shape
-  drop_prob = cfg.model.context.drop_prob if (train and cfg.model.context.kind != "none") else 0.
-  draws = draw(rng, cfg.loss, batch_size=b, num_frames=t, tokens_per_frame=n, token_dim=c,
-               diffusion_batch_mul=cfg.head.diffusion_batch_mul,
-               num_timesteps=model.train_schedule.num_timesteps, context_drop_prob=drop_prob)
-  losses = per_token_losses(model, params, tokens, draws, mode=cfg.loss.mode,
-                            num_cond=cfg.loss.num_cond_frames, h=h, w=w, context=context,
+  draws = draw(rng, settings, batch_size=b, num_frames=t, tokens_per_frame=n, token_dim=c,
+               diffusion_batch_mul=settings.diffusion_batch_mul,
+               num_timesteps=model.train_schedule.num_timesteps,
+               context_drop_prob=settings.context_drop_prob if train else 0.0)
+  losses = per_token_losses(model, params, tokens, draws, mode=settings.mode,
+                            num_cond=settings.num_cond_frames, h=h, w=w, context=context,
                             context_mask=context_mask,
-                            temporal_attention=temporal_attention(cfg),
-                            own_context_steps=cfg.loss.get("own_context_steps", 10))
+                            temporal_attention=settings.temporal_attention,
+                            own_context_steps=settings.own_context_steps)
   weights = draws.token_mask.astype(jnp.float32)
   loss = jnp.sum(losses * weights[None]) / (losses.shape[0] * jnp.sum(weights))
   return loss, {"masked_fraction": jnp.mean(weights)}

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from videomar_jax.models.attention import FrameBlockMask
-from videomar_jax.tokenizers.patch import depth_to_space, space_to_depth
 
 EMPTY_FRAME = np.iinfo(np.int32).max  # frame index of keys nobody may attend to
 
@@ -136,3 +135,19 @@ def unpatchify(tokens: jax.Array, p: int, h: int, w: int) -> jax.Array:
   """Inverse of `patchify`: [B, T, N, p*p*C] -> [B, T, h, w, C] with h, w latent sizes."""
   b, t, _, d = tokens.shape
   return depth_to_space(tokens.reshape(b, t, h // p, w // p, d), p)
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+  """[..., H, W, C] -> [..., H/p, W/p, p*p*C], channel order (dy, dx, c)."""
+  *lead, height, width, c = x.shape
+  x = x.reshape(*lead, height // p, p, width // p, p, c)
+  x = jnp.swapaxes(x, -4, -3)  # [..., h, w, dy, dx, c]
+  return x.reshape(*lead, height // p, width // p, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+  """Inverse of `space_to_depth`: [..., h, w, p*p*C] -> [..., h*p, w*p, C]."""
+  *lead, h, w, d = x.shape
+  x = x.reshape(*lead, h, w, p, p, d // (p * p))
+  x = jnp.swapaxes(x, -4, -3)  # [..., h, dy, w, dx, c]
+  return x.reshape(*lead, h * p, w * p, d // (p * p))

@@ -16,7 +16,6 @@ from videomar_jax.diffusion import gaussian
 from videomar_jax.errors import ConfigError
 from videomar_jax.models.diffusion_head import SimpleMLPAdaLN
 from videomar_jax.models.transformer import TransformerConfig, VideoMARTransformer
-from videomar_jax.tokenizers.geometry import tokenizer_geometry
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -27,15 +26,10 @@ def parse_dtype(name: str):
   return DTYPES[name]
 
 
-def token_dim(config: ml_collections.ConfigDict) -> int:
-  """Channels of one transformer token: latent channels x model patch size squared."""
-  return tokenizer_geometry(config.tokenizer).latent_channels * config.model.patch_size ** 2
-
-
-def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+def transformer_config(config: ml_collections.ConfigDict, token_dim: int) -> TransformerConfig:
   m = config.model
   return TransformerConfig(
-      token_dim=token_dim(config), width=m.width, depth=m.depth, num_heads=m.num_heads,
+      token_dim=token_dim, width=m.width, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, rope_split=tuple(m.rope_split), rope_base=m.rope_base,
       dtype=parse_dtype(m.dtype), scan_layers=m.scan_layers, remat_policy=m.remat_policy,
       attention_chunk=m.attention_chunk,
@@ -47,9 +41,14 @@ def transformer_config(config: ml_collections.ConfigDict) -> TransformerConfig:
 class VideoMAR:
   """The model: modules, schedules and pure functions of an explicit parameter tree."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, token_dim: int):
+    """`token_dim`: channels of one token (the tokenizer's latent channels x
+    `model.patch_size` squared). The model knows nothing of tokenizers; whoever builds it
+    does (`train.setup.make_model`, or from a built tokenizer in `sampling`)."""
+    if token_dim <= 0:
+      raise ConfigError(f"token_dim must be > 0, got {token_dim}.")
     self.config = config
-    self.transformer_config = transformer_config(config)
+    self.transformer_config = transformer_config(config, token_dim)
     self.token_dim = self.transformer_config.token_dim
     self.transformer = VideoMARTransformer(self.transformer_config)
     self.kv_transformer = VideoMARTransformer(self.transformer_config, return_kv=True)

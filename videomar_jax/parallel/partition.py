@@ -1,11 +1,10 @@
-"""The train state and step laid out over a mesh.
+"""Placing arrays and steps on a mesh, for any state pytree.
 
-`state_shardings` places params, EMA and optimizer moments by the rules table (optimizer
-moments follow their parameter); step and RNG are replicated. `create_sharded_state` runs
-the initialisation under `jit` with those `out_shardings`, so every device only ever holds
-its own shards (nothing is built on one device first). `shard_train_step` jits the step
-with in/out shardings and the state donated, and activates the rules so the model's
-activation constraints apply.
+`optimizer_shardings` lays optimizer moments out like their parameters; `shard_train_step`
+jits a step with in/out shardings and the state donated, and activates the rules so the
+model's activation constraints apply; `global_batch` / `process_batch_rows` split a batch
+over the data axes and over processes. What a train state holds is the trainer's business
+(`train.setup.state_shardings`), so nothing here imports it.
 """
 
 import functools
@@ -16,8 +15,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from videomar_jax.parallel.mesh import BATCH_AXES
-from videomar_jax.parallel.rules import logical_axis_rules, param_shardings
-from videomar_jax.train.state import TrainState, create_state
+from videomar_jax.parallel.rules import logical_axis_rules
 
 
 def replicated(mesh) -> NamedSharding:
@@ -29,30 +27,24 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def state_shardings(model, optimizer: optax.GradientTransformation, mesh, rules,
-                    seed: int = 0) -> TrainState:
-  """A `TrainState` of `NamedSharding`s for this model, optimizer, mesh and rules."""
-  abstract = jax.eval_shape(lambda: create_state(model, optimizer, seed))
-  params = param_shardings(model.logical_axes(), abstract.params, mesh, rules)
-  opt_state = optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, abstract.opt_state, params,
+def optimizer_shardings(optimizer: optax.GradientTransformation, abstract_opt_state,
+                        params, mesh):
+  """Shardings of an optimizer state: every moment follows its parameter's sharding
+  (`params`, a tree of `NamedSharding`s); counters and other non-parameter leaves are
+  replicated."""
+  return optax.tree_map_params(
+      optimizer, lambda _, sharding: sharding, abstract_opt_state, params,
       transform_non_params=lambda _: replicated(mesh))
-  return TrainState(step=replicated(mesh), params=params, opt_state=opt_state,
-                    ema_params=params, rng=replicated(mesh))
 
 
-def abstract_state(model, optimizer, shardings: TrainState, seed: int = 0) -> TrainState:
-  """`ShapeDtypeStruct`s carrying the target shardings (what Orbax restores into)."""
-  shapes = jax.eval_shape(lambda: create_state(model, optimizer, seed))
+def with_shardings(shapes, shardings):
+  """A tree of `ShapeDtypeStruct`s carrying `shardings` (what Orbax restores into, and what
+  compile-only planning lowers from)."""
   return jax.tree_util.tree_map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def create_sharded_state(model, optimizer, shardings: TrainState, seed: int) -> TrainState:
-  return jax.jit(lambda: create_state(model, optimizer, seed), out_shardings=shardings)()
-
-
-def shard_train_step(train_step, shardings: TrainState, mesh, rules):
+def shard_train_step(train_step, shardings, mesh, rules):
   """`train_step(state, batch)` jitted over the mesh, state donated. Calls run under the
   mesh and the rules, so tracing sees the model's activation constraints."""
   jitted = jax.jit(train_step, in_shardings=(shardings, batch_sharding(mesh)),

@@ -13,8 +13,11 @@ The interface is :class:`~videomar_jax.tokenizers.base.Tokenizer`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Callable
+
+import ml_collections
 
 from videomar_jax.errors import ConfigError
 from videomar_jax.tokenizers.base import (
@@ -23,6 +26,7 @@ from videomar_jax.tokenizers.base import (
     unit_to_video,
     video_to_unit,
 )
+from videomar_jax.tokenizers.geometry import TokenizerGeometry, cosmos_geometry, patch_geometry
 from videomar_jax.tokenizers.patch import PatchTokenizer
 
 __all__ = [
@@ -30,8 +34,10 @@ __all__ = [
     "Tokenizer",
     "known_tokenizers",
     "make_tokenizer",
+    "model_token_dim",
     "num_latent_frames",
     "register_tokenizer",
+    "tokenizer_geometry",
     "unit_to_video",
     "video_to_unit",
 ]
@@ -60,7 +66,6 @@ def _make_patch(config: Any) -> PatchTokenizer:
 def _make_cosmos(config: Any) -> Tokenizer:
   # pylint: disable=import-outside-toplevel
   from videomar_jax.tokenizers.cosmos_tokenizer import CosmosTokenizer
-  from videomar_jax.tokenizers.geometry import tokenizer_geometry
   directory = _get(config, "checkpoint", "")
   if not directory:
     raise ValueError(
@@ -81,29 +86,60 @@ def _make_cosmos(config: Any) -> Tokenizer:
   return tokenizer
 
 
-# config.name -> factory(config).
-_FACTORIES: dict[str, Callable[[Any], Tokenizer]] = {"patch": _make_patch,
-                                                     "cosmos": _make_cosmos}
+@dataclasses.dataclass(frozen=True)
+class TokenizerEntry:
+  """A registered tokenizer: how to build it, and its shape facts without building it."""
+  factory: Callable[[Any], Tokenizer]
+  geometry: Callable[[Any], TokenizerGeometry]
 
 
-def register_tokenizer(name: str, factory: Callable[[Any], Tokenizer]) -> None:
-  """Adds a tokenizer kind to :func:`make_tokenizer`.
+# config.name -> entry.
+_REGISTRY: dict[str, TokenizerEntry] = {
+    "patch": TokenizerEntry(_make_patch, patch_geometry),
+    "cosmos": TokenizerEntry(_make_cosmos, cosmos_geometry),
+}
+
+
+def register_tokenizer(name: str, factory: Callable[[Any], Tokenizer],
+                       geometry: Callable[[Any], TokenizerGeometry]) -> None:
+  """Adds a tokenizer kind to :func:`make_tokenizer` and :func:`tokenizer_geometry`.
 
   Args:
     name: value of ``config.name`` that selects it.
     factory: ``config -> Tokenizer``.
+    geometry: ``config -> TokenizerGeometry`` (strides and latent channels, known without
+      building the tokenizer: the model, the FLOP count and ``plan`` size themselves by it).
 
   Raises:
     ValueError: if ``name`` is already registered.
   """
-  if name in _FACTORIES:
+  if name in _REGISTRY:
     raise ValueError(f"tokenizer {name!r} is already registered")
-  _FACTORIES[name] = factory
+  _REGISTRY[name] = TokenizerEntry(factory, geometry)
 
 
 def known_tokenizers() -> list[str]:
   """Names accepted by :func:`make_tokenizer`."""
-  return sorted(_FACTORIES)
+  return sorted(_REGISTRY)
+
+
+def _entry(config: Any) -> TokenizerEntry:
+  name = _get(config, "name")
+  if name not in _REGISTRY:
+    raise ConfigError(f"unknown tokenizer {name!r}; known tokenizers: {known_tokenizers()}")
+  return _REGISTRY[name]
+
+
+def tokenizer_geometry(config: Any) -> TokenizerGeometry:
+  """Strides and channels of the tokenizer ``config`` selects, without building it."""
+  return _entry(config).geometry(config)
+
+
+def model_token_dim(config: ml_collections.ConfigDict) -> int:
+  """Channels of one transformer token of a VideoMAR ``config``: the tokenizer's latent
+  channels x ``model.patch_size`` squared."""
+  return (tokenizer_geometry(config.tokenizer).latent_channels
+          * config.model.patch_size ** 2)
 
 
 def make_tokenizer(config: Any) -> Tokenizer:
@@ -117,7 +153,4 @@ def make_tokenizer(config: Any) -> Tokenizer:
   Raises:
     ValueError: for an unknown name (listing the known ones) or missing fields.
   """
-  name = _get(config, "name")
-  if name not in _FACTORIES:
-    raise ConfigError(f"unknown tokenizer {name!r}; known tokenizers: {known_tokenizers()}")
-  return _FACTORIES[name](config)
+  return _entry(config).factory(config)

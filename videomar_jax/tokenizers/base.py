@@ -19,6 +19,8 @@ import abc
 import jax
 import jax.numpy as jnp
 
+from videomar_jax.models import sequence
+
 __all__ = [
     "Tokenizer",
     "num_latent_frames",
@@ -156,3 +158,11 @@ class Tokenizer(abc.ABC):
           f"got {tuple(latents.shape)}"
       )
     return self._decode(latents / jnp.asarray(self.latent_scale, dtype=latents.dtype))
+
+
+def video_to_tokens(tokenizer: Tokenizer, video: jax.Array, patch_size: int):
+  """uint8 video [B, F, H, W, 3] -> (transformer tokens [B, T, N, C], (h, w) token grid):
+  encoded, then `patch_size` x `patch_size` latents per token."""
+  latents = tokenizer.encode(video_to_unit(video))
+  _, _, lh, lw, _ = latents.shape
+  return sequence.patchify(latents, patch_size), (lh // patch_size, lw // patch_size)

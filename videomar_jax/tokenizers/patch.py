@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from videomar_jax.models.sequence import depth_to_space, space_to_depth
 from videomar_jax.tokenizers.base import Tokenizer
 
 __all__ = ["PatchTokenizer"]
@@ -60,19 +61,3 @@ class PatchTokenizer(Tokenizer):
 
   def _decode(self, latents: jax.Array) -> jax.Array:
     return depth_to_space(latents, self._patch_size)
-
-
-def space_to_depth(x: jax.Array, p: int) -> jax.Array:
-  """[..., H, W, C] -> [..., H/p, W/p, p*p*C], channel order (dy, dx, c)."""
-  *lead, height, width, c = x.shape
-  x = x.reshape(*lead, height // p, p, width // p, p, c)
-  x = jnp.swapaxes(x, -4, -3)  # [..., h, w, dy, dx, c]
-  return x.reshape(*lead, height // p, width // p, p * p * c)
-
-
-def depth_to_space(x: jax.Array, p: int) -> jax.Array:
-  """Inverse of `space_to_depth`: [..., h, w, p*p*C] -> [..., h*p, w*p, C]."""
-  *lead, h, w, d = x.shape
-  x = x.reshape(*lead, h, w, p, p, d // (p * p))
-  x = jnp.swapaxes(x, -4, -3)  # [..., h, dy, w, dx, c]
-  return x.reshape(*lead, h * p, w * p, d // (p * p))

@@ -24,7 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from videomar_jax.errors import UserError
-from videomar_jax.interop import safetensors_io
+from videomar_jax.io import safetensors_io
 from videomar_jax.tokenizers.cosmos import CosmosConfig, abstract_params
 
 CONFIG_FILE = "tokenizer.json"

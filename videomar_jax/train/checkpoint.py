@@ -87,6 +87,15 @@ class Checkpointer:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self._restore(step, **args)["state"]
 
+  def restore_subtree(self, step: int, name: str, abstract):
+    """Restores one field of the saved state (e.g. "ema_params") into `abstract`'s structure,
+    leaving the rest (optimizer moments) on disk."""
+    args = ocp.args.PyTreeRestore(
+        item={name: abstract}, partial_restore=True,
+        restore_args=jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=None),
+                                            {name: abstract}))
+    return self._restore(step, state=args)["state"][name]
+
   def _restore(self, step: int, **args):
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**args))
@@ -97,3 +106,25 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def checkpoint_location(path: str) -> tuple[str, int | None]:
+  """(checkpoint directory, step or None = latest) for a run directory, a run whose
+  `config.train.checkpoint_dir` is elsewhere, a checkpoint directory URI (gs://...), or one
+  `<checkpoints>/<step>` folder."""
+  local = "://" not in path
+  path = os.path.abspath(path) if local else path.rstrip("/")
+  parent, base = os.path.dirname(path), os.path.basename(path)
+  if base.isdigit() and (not local or os.path.basename(parent) == "checkpoints"):
+    return parent, int(base)
+  if not local:  # a checkpoint directory URI (a run's gs://.../checkpoints)
+    return path, None
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  if os.path.isfile(os.path.join(path, "config.json")):
+    with open(os.path.join(path, "config.json")) as f:
+      remote = json.load(f).get("train", {}).get("checkpoint_dir", "")
+    if remote:
+      return remote.rstrip("/"), None
+  raise FileNotFoundError(f"{path} is neither a run directory with checkpoints/ nor a "
+                          "checkpoints/<step> folder.")

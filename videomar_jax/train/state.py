@@ -9,7 +9,7 @@ import optax
 
 from videomar_jax.losses import next_frame
 from videomar_jax.models import sequence
-from videomar_jax.tokenizers.base import video_to_unit
+from videomar_jax.tokenizers.base import video_to_tokens
 
 
 @flax.struct.dataclass
@@ -31,20 +31,13 @@ def create_state(model, optimizer: optax.GradientTransformation, seed: int) -> T
                     rng=jax.random.key_data(run_rng))
 
 
-def video_to_tokens(model, tokenizer, video: jax.Array):
-  """uint8 video [B, F, H, W, 3] -> (tokens [B, T, N, C], (h, w) token grid)."""
-  latents = tokenizer.encode(video_to_unit(video))
-  p = model.config.model.patch_size
-  _, _, lh, lw, _ = latents.shape
-  return sequence.patchify(latents, p), (lh // p, lw // p)
-
-
 def make_train_step(model, tokenizer, optimizer: optax.GradientTransformation,
-                    ema_decay: float):
+                    ema_decay: float, loss_settings: next_frame.LossSettings):
   """Returns `train_step(state, batch) -> (state, metrics)` (pure; jit it with donation).
 
   `batch` holds `video` (uint8 pixels, tokenized inside the step) or `latents`
-  ([B, T, h, w, C], already tokenized; then `tokenizer` may be None).
+  ([B, T, h, w, C], already tokenized; then `tokenizer` may be None). `loss_settings`:
+  `next_frame.LossSettings.from_config(config)`.
   """
 
   def train_step(state: TrainState, batch: dict):
@@ -54,10 +47,10 @@ def make_train_step(model, tokenizer, optimizer: optax.GradientTransformation,
       tokens = sequence.patchify(batch["latents"].astype(jnp.float32), p)
       h, w = batch["latents"].shape[2] // p, batch["latents"].shape[3] // p
     else:
-      tokens, (h, w) = video_to_tokens(model, tokenizer, batch["video"])
+      tokens, (h, w) = video_to_tokens(tokenizer, batch["video"], model.config.model.patch_size)
 
     def loss_fn(params):
-      return next_frame.next_frame_loss(model, params, tokens, rng, h=h, w=w,
+      return next_frame.next_frame_loss(model, params, tokens, rng, loss_settings, h=h, w=w,
                                         context=batch.get("context"),
                                         context_mask=batch.get("context_mask"))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 
@@ -28,17 +27,17 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from videomar_jax.data import bouncing_balls, pipeline
-from videomar_jax.sampling import video_io
+from videomar_jax.data import pipeline, sources
+from videomar_jax.io import video_io
 from videomar_jax.tokenizers import store
 from videomar_jax.tokenizers.base import unit_to_video, video_to_unit
 from videomar_jax.tokenizers.cosmos import (CosmosAutoencoder, abstract_params, get_variant,
                                             random_params)
+from videomar_jax.train import loop
 from videomar_jax.train import optimizer as optim_lib
-from videomar_jax.train import tensorboard
 from videomar_jax.train.checkpoint import Checkpointer
-from videomar_jax.train.report import write_loss_report
-from videomar_jax.train.trainer import NonFiniteLossError, _PreemptionFlag
+from videomar_jax.train.loss_report import write_loss_report
+from videomar_jax.train.workdir_lock import WorkdirLock
 
 
 @flax.struct.dataclass
@@ -87,14 +86,12 @@ def make_train_step(model: CosmosAutoencoder, optimizer, loss_config):
 
 
 def _open_dataset(config, workdir: str, split: str):
-  if config.data.dataset != "bouncing_balls":
-    raise ValueError(f"data.dataset {config.data.dataset!r} is not known; the built-in "
-                     "dataset is 'bouncing_balls'.")
-  return bouncing_balls.load(
-      config.data.data_dir or os.path.join(workdir, "data"), split,
-      num_train_clips=config.data.num_train_clips, num_test_clips=config.data.num_test_clips,
-      num_frames=config.data.num_frames, resolution=config.data.resolution,
-      num_balls=config.data.num_balls)
+  """A split of pixel clips (`config.data.dataset` through the data-source registry)."""
+  entry = sources.data_source(config)
+  if entry.batch_key != "video":
+    raise ValueError(f"data.dataset {config.data.dataset!r} holds {entry.batch_key}; a "
+                     "tokenizer trains on pixel clips.")
+  return entry.open(config, workdir, split)
 
 
 def held_out_clips(config, workdir: str) -> np.ndarray:
@@ -121,9 +118,15 @@ def validate(config, network) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) a tokenizer in `workdir`; returns a summary dict."""
-  # ---- Setup.
+  """Trains (or resumes) a tokenizer in `workdir`; returns a summary dict. One training per
+  workdir at a time (`workdir_lock`)."""
   os.makedirs(workdir, exist_ok=True)
+  with WorkdirLock(workdir):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  # ---- Setup.
   network = dataclasses.replace(get_variant(config.variant), dtype=config.dtype)
   validate(config, network)
   model = CosmosAutoencoder(network)
@@ -154,7 +157,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   source = _open_dataset(config, workdir, "train")
   held_out = held_out_clips(config, workdir)
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-  writer = tensorboard.summary_writer(os.path.join(workdir, "tensorboard"))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   loader = pipeline.make_loader(source, global_batch_size=config.batch_size,
@@ -183,48 +185,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Loop.
   evaluations = []
   status = "done"
-  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  log = loop.MetricsLog(workdir, step, config.steps, checkpointer, schedule,
+                        shown=("loss", "psnr", "grad_norm"))
   try:
-    with _PreemptionFlag() as preemption:
-      window_start, window_steps = time.perf_counter(), 0
+    with loop.PreemptionFlag() as preemption:
       while step < config.steps:
         video = jax.device_put(next(data_iter)["video"], batch_sharding)
         state, metrics = step_fn(state, video)
         step += 1
-        window_steps += 1
-        must_save = (step % config.train.checkpoint_every == 0 or step == config.steps
-                     or preemption.raised)
-        if must_save or step % config.train.log_every == 0:
-          values = {k: float(v) for k, v in metrics.items()}
-          if not all(math.isfinite(v) for v in values.values()):
-            latest = checkpointer.latest_step()
-            raise NonFiniteLossError(
-                f"non-finite tokenizer metrics at step {step}: {values}. Stopping; the last "
-                f"good checkpoint is {latest} in {checkpointer.directory} (not overwritten).")
-          metrics_file.write(json.dumps({"step": step, **values}) + "\n")
-          metrics_file.flush()
-          rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
-          print(f"step {step}/{config.steps}  loss {values['loss']:.4f}  psnr "
-                f"{values['psnr']:.2f} dB  grad_norm {values['grad_norm']:.3f}  lr "
-                f"{float(schedule(step)):.2e}  {rate:.2f} steps/s  ETA "
-                f"{(config.steps - step) / max(rate, 1e-9):.0f} s", flush=True)
-          for key, value in values.items():
-            writer.add_scalar(f"train/{key}", value, step)
-          window_start, window_steps = time.perf_counter(), 0
+        log.count_step()
+        save = loop.must_save(step, config.steps, config.train.checkpoint_every,
+                              preemption.raised)
+        if save or step % config.train.log_every == 0:
+          log.progress(step, log.record(step, {k: float(v) for k, v in metrics.items()}))
         if step % config.train.eval_every == 0 or step == config.steps:
           value = evaluate(reconstruct, state.params, held_out)
           evaluations.append({"step": step, "held_out_psnr": value})
-          writer.add_scalar("eval/held_out_psnr", value, step)
+          log.scalars(step, {"held_out_psnr": value}, prefix="eval")
           print(f"step {step}: held-out reconstruction PSNR {value:.2f} dB "
                 f"({len(held_out)} clips)", flush=True)
-        if must_save:
+        if save:
           checkpointer.save(step, state, data_iter, 0, config)
         if preemption.raised:
-          print(f"SIGTERM received: saved checkpoint {step} and stopping.", flush=True)
+          print(preemption.stop_message(step), flush=True)
           return {"status": "preempted", "step": step}
   finally:
-    metrics_file.close()
-    writer.close()
+    log.close()
     checkpointer.close()
 
   # ---- Export and report.

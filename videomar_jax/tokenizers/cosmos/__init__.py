@@ -2,7 +2,7 @@
 
 ``CosmosConfig`` holds the hyper-parameters (``VARIANTS`` / ``get_variant`` for the
 released CV4x8x8, CV8x8x8, CV8x16x16 and small ``-narrow`` ones), ``CosmosAutoencoder``
-the network; ``videomar_jax.interop.cosmos_convert`` reads PyTorch weights into it.
+the network; ``videomar_jax.tokenizers.cosmos.convert`` reads PyTorch weights into it.
 """
 
 from videomar_jax.tokenizers.cosmos.config import VARIANTS, CosmosConfig, Stage, get_variant

@@ -2,7 +2,7 @@
 
 Each module mirrors one of diffusers' ``autoencoder_kl_cosmos.py`` classes, with the same
 submodule names (a torch ``ModuleList`` entry ``resnets.0`` is the submodule
-``resnets_0`` here), so that ``interop.cosmos_convert`` maps weights by name. Numerics
+``resnets_0`` here), so that ``tokenizers.cosmos.convert`` maps weights by name. Numerics
 follow diffusers exactly:
 
 * **Causal convolution** (``CosmosCausalConv3d``): the first frame is repeated

@@ -14,7 +14,7 @@ tensor), before any ``latents_mean``/``latents_std`` normalisation a pipeline ma
 Usage::
 
   model = CosmosAutoencoder(get_variant("CV8x8x8"))
-  params = interop.cosmos_convert.convert(paths, model.config)  # or random_params(config)
+  params = tokenizers.cosmos.convert.convert(paths, model.config)  # or random_params(config)
   z = model.apply({"params": params}, video, method=CosmosAutoencoder.encode)
   video_hat = model.apply({"params": params}, z, method=CosmosAutoencoder.decode)
 

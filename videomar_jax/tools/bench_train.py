@@ -24,37 +24,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from videomar_jax import flops
-from videomar_jax.bench import measure_peak_flops
-from videomar_jax.models.videomar import VideoMAR, parse_dtype
+from videomar_jax.tools import flops
+from videomar_jax.models.videomar import parse_dtype
 from videomar_jax.parallel import partition
-from videomar_jax.parallel.mesh import make_mesh
-from videomar_jax.parallel.rules import rules_from_config
-from videomar_jax.tokenizers.geometry import tokenizer_geometry
-from videomar_jax.train import optimizer as optim_lib
-from videomar_jax.train.state import make_train_step
-from videomar_jax.train.trainer import stage_batch_size
+from videomar_jax.tools.bench_sampler import measure_peak_flops
+from videomar_jax.train import setup
 
 
 def bench_train(config: ml_collections.ConfigDict, steps: int = 10, stage_index: int = -1,
                 peak_matmul_size: int = 2048) -> dict:
-  mesh = make_mesh(config.mesh)
-  rules = rules_from_config(config.sharding.rules)
-  model = VideoMAR(config)
-  stage = config.stages[stage_index]
-  batch_size = stage_batch_size(config, stage)
-  optimizer = optim_lib.make_optimizer(config.optim, batch_size, 1000)
-  shardings = partition.state_shardings(model, optimizer, mesh, rules, config.seed)
-  state = partition.create_sharded_state(model, optimizer, shardings, config.seed)
-  step = partition.shard_train_step(
-      make_train_step(model, None, optimizer, config.optim.ema_decay), shardings, mesh, rules)
-
-  geometry = tokenizer_geometry(config.tokenizer)
+  # The schedule's length does not change the step's cost; 1000 steps keeps warmup short.
+  experiment = setup.build(config, with_tokenizer=False, total_steps=1000)
+  mesh, model, step = experiment.mesh, experiment.model, experiment.train_step
+  stage = experiment.resolved.stages[stage_index]
+  batch_size = stage.batch_size
+  state = experiment.create_state()
+  geometry = experiment.resolved.geometry
   shape = flops.sequence_shape(config, stage.num_frames, stage.resolution)
   side = stage.resolution // geometry.spatial_stride
   latents = np.random.default_rng(0).standard_normal(
-      (batch_size, shape["latent_frames"], side, side, geometry.latent_channels),
-      np.float32)
+      (batch_size, stage.latent_frames, side, side, geometry.latent_channels), np.float32)
   batch = partition.global_batch({"latents": latents}, mesh)
 
   start = time.perf_counter()

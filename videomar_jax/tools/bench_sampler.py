@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from videomar_jax import flops
-from videomar_jax.models.videomar import VideoMAR, token_dim
+from videomar_jax.tools import flops
+from videomar_jax.tokenizers import model_token_dim
+from videomar_jax.train import setup
 from videomar_jax.sampling.generate import SamplerSettings, generate, unmask_schedule
 
 
@@ -34,7 +35,7 @@ def generation_flops(config, tokens_per_frame: int, given: int, total: int,
                      settings: SamplerSettings, batch: int = 1) -> float:
   """Analytic FLOPs of one `kv_cache`/`next_token` generation (dense attention over the whole
   preallocated cache, as it runs)."""
-  n, c = tokens_per_frame, token_dim(config)
+  n, c = tokens_per_frame, model_token_dim(config)
   plan = unmask_schedule(settings, n)
   cache = total * n
   prefill = flops.transformer_pass_flops(config, given * n, given * n, c)
@@ -62,7 +63,7 @@ def bench_sampler(config: ml_collections.ConfigDict, grid_side: int, generated_f
                   log=print) -> dict:
   """Times kv_cache, no_cache and next_token generation of one (randomly initialised) model
   on the same input; returns the figures."""
-  model = VideoMAR(config)
+  model = setup.make_model(config)
   params = model.init(jax.random.key(0))
   n = grid_side * grid_side
   given = jax.random.normal(jax.random.key(1), (batch, 1, n, model.token_dim))

@@ -19,16 +19,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from videomar_jax import flops
+from videomar_jax.tools import flops
 from videomar_jax.errors import ConfigError
-from videomar_jax.models.videomar import VideoMAR
 from videomar_jax.parallel import partition
 from videomar_jax.parallel.mesh import MESH_AXES, make_mesh
-from videomar_jax.parallel.rules import rules_from_config
-from videomar_jax.tokenizers.geometry import tokenizer_geometry
-from videomar_jax.train import optimizer as optim_lib
-from videomar_jax.train.state import make_train_step
-from videomar_jax.train.trainer import stage_batch_size
+from videomar_jax.train import setup
 
 
 def ensure_cpu_devices(count: int) -> None:
@@ -51,27 +46,21 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int],
   num_devices = math.prod(mesh_sizes[a] for a in MESH_AXES)
   if any(mesh_sizes[a] < 1 for a in MESH_AXES):
     raise ConfigError(f"plan needs explicit positive mesh sizes, got {mesh_sizes}.")
-  mesh = make_mesh(mesh_sizes, jax.devices()[:num_devices])
-  model = VideoMAR(config)
-  stage = config.stages[stage_index]
-  batch_size = stage_batch_size(config, stage)
-  total_steps = sum(s.steps for s in config.stages)
-  optimizer = optim_lib.make_optimizer(config.optim, batch_size, total_steps)
-  rules = rules_from_config(config.sharding.rules)
-  shardings = partition.state_shardings(model, optimizer, mesh, rules, config.seed)
-  state = partition.abstract_state(model, optimizer, shardings, config.seed)
-
-  geometry = tokenizer_geometry(config.tokenizer)
+  experiment = setup.build(config, mesh=make_mesh(mesh_sizes, jax.devices()[:num_devices]),
+                           with_tokenizer=False)
+  mesh, state, model = experiment.mesh, experiment.abstract_state, experiment.model
+  stage = experiment.resolved.stages[stage_index]
+  batch_size = stage.batch_size
+  geometry = experiment.resolved.geometry
   shape = flops.sequence_shape(config, stage.num_frames, stage.resolution)
   side = stage.resolution // geometry.spatial_stride
   latents = jax.ShapeDtypeStruct(
-      (batch_size, shape["latent_frames"], side, side, geometry.latent_channels), jnp.float32,
+      (batch_size, stage.latent_frames, side, side, geometry.latent_channels), jnp.float32,
       sharding=partition.batch_sharding(mesh))
   if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
     raise ConfigError(f"batch size {batch_size} is not divisible by data x fsdp = "
                      f"{mesh.shape['data'] * mesh.shape['fsdp']}.")
-  step = partition.shard_train_step(
-      make_train_step(model, None, optimizer, config.optim.ema_decay), shardings, mesh, rules)
+  step = experiment.train_step
   compiled = step.lower(state, {"latents": latents}).compile()
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()

@@ -31,13 +31,12 @@ import numpy as np
 from PIL import Image
 
 from videomar_jax.data import pipeline as data_pipeline
-from videomar_jax.data import bouncing_balls, latent_cache
+from videomar_jax.data import sources
 from videomar_jax.errors import UserError
 from videomar_jax.eval import balls, quality
-from videomar_jax.sampling import video_io
+from videomar_jax.io import video_io
 from videomar_jax.sampling.generate import SamplerSettings
-from videomar_jax.sampling.pipeline import VideoGenerator, load_checkpoint
-from videomar_jax.train.trainer import open_dataset
+from videomar_jax.sampling.video_generator import VideoGenerator
 
 class EvaluateInputError(UserError):
   """Settings that do not fit the run being evaluated (the CLI prints the message alone)."""
@@ -48,23 +47,14 @@ METHODS = {"model": "VideoMAR, free-running", "teacher_forced": "VideoMAR, teach
            "baseline": "copy first frame", "copy_previous": "copy true previous frame"}
 
 
-def _pixel_source(config, workdir: str):
-  """The test split of the run's pixel clips; for a run on cached latents, of the dataset
-  the cache was encoded from (its metadata names it)."""
-  if config.data.dataset != "latents":
-    return open_dataset(config, workdir, split="test")
-  source = latent_cache.read_meta(config.data.latents_dir)["source"]
-  if source.get("dataset") != "bouncing_balls":
-    raise ValueError(f"evaluate scores bouncing-balls clips; the latent cache "
-                     f"{config.data.latents_dir} was encoded from {source}.")
-  settings = {k: v for k, v in source.items() if k not in ("dataset", "data_dir")}
-  return bouncing_balls.load(source["data_dir"], "test", **settings)
-
-
 def held_out_clips(config, workdir: str, num_examples: int, num_frames: int, resolution: int):
   """The first `num_examples` test clips, cut to `num_frames` and resized: (video, centres,
   colours)."""
-  source = _pixel_source(config, workdir)
+  entry = sources.data_source(config)
+  if entry.pixel_test_split is None:
+    raise EvaluateInputError(f"evaluate cannot score runs on data.dataset="
+                             f"{config.data.dataset!r} (no pixel test split).")
+  source = entry.pixel_test_split(config, workdir)
   if num_examples > len(source):
     raise ValueError(f"{num_examples} examples asked for, the test split has {len(source)}.")
   videos, centres, colours = [], [], []
@@ -98,17 +88,18 @@ def _overall(per_frame: dict, pred_truth=None) -> dict:
   return out
 
 
-def evaluate_run(workdir: str, num_examples: int = 64, num_frames: int = 0,
+def evaluate_run(workdir: str, weights: tuple, num_examples: int = 64, num_frames: int = 0,
                  num_steps: int = 16, seeds=(0,), seed: int | None = None,
                  gif_scale: int = 4, num_videos: int = 8, sheet_examples: int = 6,
                  sampler: dict | None = None, out_name: str = "report") -> dict:
-  """Scores the run's latest checkpoint (EMA weights) on held-out clips; see the module
-  docstring. `seed` (one seed) is kept for callers of the old signature. `sampler` holds
+  """Scores `weights` = (config, params, step) of the run in `workdir` (as
+  `train.setup.restore_weights` reads them: the latest checkpoint's EMA weights) on
+  held-out clips; see the module docstring. `seed` (one seed) is kept for callers of the old signature. `sampler` holds
   extra `SamplerSettings` fields (e.g. temperature); `out_name` the report's folder."""
   seeds = (seed,) if seed is not None else tuple(int(s) for s in seeds)
   if not seeds:
     raise ValueError("evaluate needs at least one seed.")
-  config, params, step = load_checkpoint(workdir)
+  config, params, step = weights
   stage = config.stages[-1]
   num_frames = num_frames or stage["num_frames"]
   resolution = stage["resolution"]

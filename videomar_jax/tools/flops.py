@@ -22,7 +22,7 @@ import numpy as np
 from videomar_jax.losses.next_frame import num_supervised_frames, sequence_frames
 from videomar_jax.models import sequence
 from videomar_jax.models.videomar import VideoMAR
-from videomar_jax.tokenizers.geometry import tokenizer_geometry
+from videomar_jax.tokenizers import tokenizer_geometry
 
 
 def count_params(tree) -> int:
@@ -49,7 +49,7 @@ def sequence_shape(config: ml_collections.ConfigDict, num_frames: int,
   side = resolution // (geometry.spatial_stride * config.model.patch_size)
   n = side * side
   f = num_supervised_frames(config.loss.mode, t, config.loss.num_cond_frames)
-  s = (t - 1 + f) * n if config.loss.mode == "all_frames" else t * n
+  s = len(sequence_frames(config.loss.mode, t, config.loss.num_cond_frames)[0]) * n
   return {"latent_frames": t, "tokens_per_frame": n, "sequence_length": s,
           "supervised_frames": f}
 

@@ -11,7 +11,7 @@ Two source layouts:
   ``X/scale``/``X/bias``.
 * **original** Cosmos-Tokenizer / TorchScript (``autoencoder.jit``, ``encoder.jit`` +
   ``decoder.jit``): ``encoder.down.0.block.0.conv1.0.conv3d.weight``, ... -- renamed to
-  diffusers' names by ``interop.cosmos_keys.original_to_diffusers`` first.
+  diffusers' names by ``tokenizers.cosmos.keys.original_to_diffusers`` first.
 
 Conversion is strict: every expected weight must be present with its exact shape and
 nothing else may be left over (apart from the parameter-free buffers in
@@ -35,7 +35,7 @@ import numpy as np
 from flax import traverse_util
 
 from videomar_jax.errors import UserError
-from videomar_jax.interop import safetensors_io
+from videomar_jax.io import safetensors_io
 from videomar_jax.tokenizers.cosmos import CosmosConfig, abstract_params
 
 __all__ = [
@@ -384,7 +384,7 @@ def convert(paths: PathLike | Sequence[PathLike], config: CosmosConfig | None = 
                      "with a config.json (e.g. config=get_variant('CV8x8x8'))")
   state_dict = load_torch_state_dict(paths)
   if detect_layout(state_dict) == "original":
-    from videomar_jax.interop.cosmos_keys import \
+    from videomar_jax.tokenizers.cosmos.keys import \
         original_to_diffusers  # pylint: disable=import-outside-toplevel
     state_dict = original_to_diffusers(state_dict)
     unused = unused_resampler_keys(config)

@@ -16,8 +16,9 @@ import ml_collections
 import numpy as np
 
 from videomar_jax.errors import UserError
-from videomar_jax.interop import keys, layout, safetensors_io
-from videomar_jax.models.videomar import VideoMAR
+from videomar_jax.interop import keys, layout
+from videomar_jax.io import safetensors_io
+from videomar_jax.train.setup import make_model
 
 WRAPPERS = ("model_ema", "model", "state_dict")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -74,7 +75,7 @@ def read_state_dict(path: str, which: str = "auto",
   bytes memory-mapped and read on `np.asarray`), so that a converter holds one at a time.
   `which`: "auto" (the EMA weights `model_ema` when present, else `model`, else the bare
   dict), "model_ema", "model" or "bare". `key_map`: a JSON/YAML file of regex renames
-  applied to every key after the prefixes are removed (see `interop.keys`).
+  applied to every key after the prefixes are removed (see `io.key_map`).
   """
   raw = _read_raw(path)
   if not isinstance(raw, Mapping):
@@ -104,14 +105,21 @@ def read_state_dict(path: str, which: str = "auto",
 
 def load_params(path: str, config: ml_collections.ConfigDict, which: str = "auto",
                 key_map: str = "") -> dict:
-  """A checkpoint in the authors' layout -> float32 params for `VideoMAR(config)`."""
+  """A checkpoint in the authors' layout -> float32 params for `make_model(config)`."""
   state_dict, _ = read_state_dict(path, which, key_map)
-  abstract = VideoMAR(config).abstract_params()
+  abstract = make_model(config).abstract_params()
   try:
     params = layout.torch_to_flax(state_dict, abstract, config.model.depth)
   except layout.LayoutError as e:
     raise layout.LayoutError(f"{path}: {e}") from None
   return jax.tree_util.tree_map(np.asarray, params)
+
+
+def init_params_loader(config: ml_collections.ConfigDict):
+  """`() -> params` of `config.train.init_from` (with `config.train.init_key_map`), what
+  `trainer.train(..., init_params=...)` starts a fresh run from."""
+  return lambda: load_params(config.train.init_from, config,
+                             key_map=config.train.init_key_map)
 
 
 def export_params(params: dict, config: ml_collections.ConfigDict, path: str) -> dict:
@@ -154,7 +162,7 @@ def load_mar_head(path: str, config: ml_collections.ConfigDict, which: str = "au
   """
   state_dict, _ = read_state_dict(path, which, key_map)
   head = head_state_dict(state_dict, path)
-  abstract = {"diffusion_head": VideoMAR(config).abstract_params()["diffusion_head"]}
+  abstract = {"diffusion_head": make_model(config).abstract_params()["diffusion_head"]}
   expected = {k[len(HEAD_PREFIX):]: v for k, v in
               layout.expected_torch_shapes({"transformer": {}, **abstract}, 0).items()}
   try:

@@ -1,0 +1,1 @@
+"""Tools over the whole stack: FLOP counting, compile-only planning, benchmarks."""

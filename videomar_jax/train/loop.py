@@ -1,0 +1,152 @@
+"""Loop pieces both trainers share: the preemption flag, the metrics log with its NaN guard
+and progress line, and the checkpoint cadence.
+
+Kept apart from either trainer so that a fix (say, how Ctrl-C is named, or what a resumed
+run does with rows logged after its last checkpoint) lands in both at once.
+"""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from videomar_jax.train import tensorboard
+from videomar_jax.train.loss_report import truncate_metrics
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when a step's loss or gradient norm is NaN or Inf."""
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (preemption) or a first SIGINT (Ctrl-C); the loop checks it at step
+  boundaries, saves and stops. A second Ctrl-C stops at once (KeyboardInterrupt), keeping
+  the newest finished checkpoint."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.raised = False
+    self.signal_name = ""
+    self._previous = {}
+
+  def __enter__(self):
+    for signum in self._SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread: no handler, no preemption support
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self.raised:
+      raise KeyboardInterrupt
+    self.raised = True
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT and jax.process_index() == 0:
+      print("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again to "
+            "stop now without saving).", flush=True)
+
+  def agreed(self, check_now: bool) -> bool:
+    """Whether to stop: this process's flag with one process; with several, whether any
+    process has it, asked only when `check_now` (a small all-gather, so not every step)."""
+    if jax.process_count() == 1:
+      return self.raised
+    if not check_now:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.raised))
+    return bool(np.any(flags))
+
+  def stop_message(self, step: int) -> str:
+    # With several processes another one may be the one signalled (a preemption: SIGTERM).
+    return (f"{self.signal_name or 'SIGTERM'} received: saved checkpoint {step} and "
+            "stopping.")
+
+  def __exit__(self, *exc):
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+
+
+def must_save(step: int, end: int, checkpoint_every: int, preempted: bool) -> bool:
+  """The checkpoint cadence: every `checkpoint_every` steps, at the end of a stage (or of
+  training), and when stopping for a preemption."""
+  return step % checkpoint_every == 0 or step == end or preempted
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class MetricsLog:
+  """`<workdir>/metrics.jsonl` (one row per step), the progress line and TensorBoard.
+
+  Opening it forgets the rows a killed run logged after `resume_step` (its last checkpoint),
+  so a resumed run leaves one row per step. `record` refuses non-finite values before they
+  are written, naming the last good checkpoint; `progress` prints step, the `shown` values,
+  lr, steps/s since the previous progress line and the ETA. Only process 0 writes; the others
+  get a log that checks but writes nothing.
+  """
+
+  def __init__(self, workdir: str, resume_step: int, total_steps: int, checkpointer,
+               schedule=None, shown: tuple[str, ...] = ("loss", "grad_norm"),
+               is_main: bool = True):
+    self.total_steps, self.checkpointer, self.schedule = total_steps, checkpointer, schedule
+    self.shown, self.is_main = shown, is_main
+    if is_main:
+      truncate_metrics(workdir, resume_step)
+      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self.writer = tensorboard.summary_writer(os.path.join(workdir, "tensorboard"))
+    else:
+      self._file, self.writer = open(os.devnull, "w"), None
+    self._window_start, self._window_steps = time.perf_counter(), 0
+
+  def record(self, step: int, values: dict) -> dict:
+    """Checks and writes one step's metrics (floats); returns them."""
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+      latest = self.checkpointer.latest_step()
+      kept = (f"the last good checkpoint is step {latest} in {self.checkpointer.directory}"
+              if latest is not None else "no checkpoint had been written yet")
+      raise NonFiniteLossError(f"non-finite training metrics at step {step}: {bad}. "
+                               f"Stopping; {kept} and was not overwritten.")
+    self._file.write(json.dumps({"step": step, **values}) + "\n")
+    self._file.flush()
+    return values
+
+  def count_step(self) -> None:
+    self._window_steps += 1
+
+  def progress(self, step: int, values: dict) -> None:
+    """The console line and TensorBoard scalars (process 0); restarts the rate window."""
+    if self.is_main:
+      elapsed = time.perf_counter() - self._window_start
+      rate = self._window_steps / max(elapsed, 1e-9)
+      eta = (self.total_steps - step) / max(rate, 1e-9)
+      parts = [f"step {step}/{self.total_steps}"]
+      parts += [f"{key} {values[key]:.4f}" for key in self.shown if key in values]
+      scalars = dict(values)
+      if self.schedule is not None:
+        scalars["lr"] = float(self.schedule(step))
+        parts.append(f"lr {scalars['lr']:.2e}")
+      parts += [f"{rate:.2f} steps/s", f"ETA {format_seconds(eta)}"]
+      print("  ".join(parts), flush=True)
+      scalars["steps_per_s"] = rate
+      self.scalars(step, scalars, prefix="train")
+    self._window_start, self._window_steps = time.perf_counter(), 0
+
+  def scalars(self, step: int, values: dict, prefix: str) -> None:
+    if self.writer is not None:
+      for key, value in values.items():
+        self.writer.add_scalar(f"{prefix}/{key}", value, step)
+      self.writer.flush()
+
+  def close(self) -> None:
+    self._file.close()
+    if self.writer is not None:
+      self.writer.close()
