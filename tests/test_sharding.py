@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from conftest import small_config
+from conftest import perturb, small_config
 from videomar_jax.data import pipeline
 from videomar_jax.parallel import mesh as mesh_lib
 from videomar_jax.parallel import partition, rules as rules_lib
+from videomar_jax.sampling import generate as generate_lib
 from videomar_jax.sampling.generate import SamplerSettings, generate
 from videomar_jax.tokenizers import make_tokenizer
 from videomar_jax.train import optimizer as optim_lib
@@ -207,6 +208,34 @@ def test_generation_sharded_over_the_batch_matches_one_device():
                  (4, 4))["tokens"]
   assert out.sharding.spec[0] in (("data", "fsdp"), "data")  # stayed split over the batch
   np.testing.assert_allclose(np.asarray(out), np.asarray(one), rtol=1e-5, atol=1e-5)
+
+
+def test_generation_with_the_kv_cache_sharded_by_its_logical_axes_matches_one_device():
+  """Params split by the rules table on a (data 2, fsdp 2, tensor 2) mesh and the KV cache
+  laid out by `KV_CACHE_AXES` (batch over data x fsdp, heads over tensor): same video as
+  one device, with guidance doubling the cached batch."""
+  config = _config()
+  config.model.context.kind, config.model.context.num_classes = "class", 3
+  model, optimizer, mesh, rules, shardings = _setup(config, (2, 2, 2))
+  params = perturb(create_state(model, optimizer, 0).params, jax.random.key(5), scale=0.02)
+  given = jax.random.normal(jax.random.key(1), (4, 2, 16, model.token_dim))
+  labels = jnp.array([0, 1, 2, 0])
+  settings = SamplerSettings(num_frames=4, num_steps=3, cfg=2.0)
+  one = generate(model, params, given, jax.random.key(2), settings, (4, 4), labels)["tokens"]
+  with rules_lib.logical_axis_rules(rules), jax.set_mesh(mesh):
+    sharded = generate(model, jax.device_put(params, shardings.params),
+                       jax.device_put(given, partition.batch_sharding(mesh)),
+                       jax.random.key(2), settings, (4, 4),
+                       jax.device_put(labels, partition.batch_sharding(mesh)))["tokens"]
+    decoder_state = jax.jit(lambda p, g, c: generate_lib._Decoder(  # pylint: disable=protected-access
+        model, p, g, settings, (4, 4), c, None).prefill_with_cache(g))(
+            jax.device_put(params, shardings.params), given, labels)
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(one), rtol=1e-4, atol=1e-5)
+  cache = decoder_state.kv_cache["k"]
+  assert cache.shape[1] == 8  # the guided batch: context and null context
+  spec = tuple(cache.sharding.spec) + (None,) * (cache.ndim - len(cache.sharding.spec))
+  assert spec == (None, ("data", "fsdp"), None, "tensor", None)
+  assert cache.addressable_shards[0].data.shape[3] == cache.shape[3] // 2  # heads split
 
 
 def test_a_checkpoint_restores_onto_another_mesh(tmp_path):

@@ -18,6 +18,10 @@ import jax.numpy as jnp
 
 Dtype = Any
 
+# Logical axes of a sampler's KV cache ({"k", "v"}: [layers, batch, cache slots, heads,
+# head_dim]): batch split like activations, heads like the attention weights that made them.
+KV_CACHE_AXES = ("layers", "activation_batch", "cache_sequence", "heads", "kv")
+
 # (logical name, mesh axes) rules for activation constraints, set by `activation_rules`.
 # Kept apart from flax's global logical-axis rules on purpose: with those active, flax also
 # constrains parameters while it traces their (flattened) initialisers, which fails for

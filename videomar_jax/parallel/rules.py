@@ -37,6 +37,7 @@ DEFAULT_RULES = {
     "activation_batch": "data+fsdp",
     "activation_length": "",
     "activation_embed": "",
+    "cache_sequence": "",  # the sampler's KV-cache slots (see models.layers.KV_CACHE_AXES)
 }
 
 

@@ -23,12 +23,14 @@ frames, than the model was trained on needs nothing special (extrapolation).
 import dataclasses
 import functools
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from videomar_jax.diffusion import gaussian
 from videomar_jax.models import sequence
+from videomar_jax.models.layers import KV_CACHE_AXES, constrain
 from videomar_jax.sampling import schedules
 
 SAMPLER_MODES = ("kv_cache", "no_cache", "next_token")
@@ -153,30 +155,73 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
   true_clip = given_tokens
   if teacher_forced:
     given_tokens = true_clip[:, :num_given]
-  b, n, num_tokens, c = given_tokens.shape
-  t_total, (h, w) = settings.num_frames, grid
-  if h * w != num_tokens or not 1 <= n < t_total:
-    raise ValueError(f"given tokens {given_tokens.shape} do not fit grid {grid} and "
-                     f"num_frames={t_total} (need 1 <= given frames < num_frames).")
-  temporal = model.config.model.get("temporal_attention", "causal")
-  if temporal != "causal" and settings.mode != "no_cache":
-    raise ValueError(f"a model with {temporal} temporal attention has no KV cache: sample "
-                     "it in mode no_cache.")
-  guided = context is not None and settings.cfg != 1.0
-  run = _Transformer(model, params, b, guided, context, context_mask)
-  plan = unmask_schedule(settings, num_tokens)
-  num_gen = t_total - n
-  temperatures = schedules.frame_temperatures(
-      settings.temperature, num_gen, settings.temperature_start, settings.temperature_end,
-      settings.temperatures)
-  cfg_per_step = 1.0 + (settings.cfg - 1.0) * (num_tokens - plan.next_masked) / num_tokens
-  width = plan.max_revealed
-  clip_x0 = (settings.clip_denoised if settings.clip_denoised is not None
-             else model.config.head.get("clip_denoised", 0.0))
-  frame_grid = jnp.asarray(sequence.frame_positions([0], h, w))  # [N, 3] at frame 0
+  decoder = _Decoder(model, params, given_tokens, settings, grid, context, context_mask)
+  frames_to_make = (jnp.arange(decoder.num_given, decoder.num_frames),
+                    jnp.asarray(decoder.temperatures))
+  prefill = true_clip if teacher_forced else given_tokens
+  if settings.mode == "no_cache":
+    state = decoder.prefill_without_cache(prefill)
+    frame_fn = decoder.frame_without_cache
+  else:
+    state = decoder.prefill_with_cache(prefill)
+    frame_fn = decoder.frame_with_cache
+  step = functools.partial(frame_fn, rng=rng, write_back=not teacher_forced)
+  _, (generated, counts) = jax.lax.scan(step, state, frames_to_make)
+  tokens = jnp.concatenate([given_tokens, jnp.moveaxis(generated, 0, 1)], axis=1)
+  return {"tokens": tokens, "write_counts": jnp.moveaxis(counts, 0, 1)}
 
-  def sample_frame(rng_f, temperature, transformer_fn):
-    """The S unmasking steps of one frame; transformer_fn(tokens, is_masked) -> z."""
+
+@flax.struct.dataclass
+class DecodeState:
+  """What the scan over frames carries from one generated frame to the next.
+
+  kv_cache (mode kv_cache): {"k", "v"} of every layer, [layers, batch, num_frames * N,
+    heads, head_dim] (batch doubled under guidance), laid out by `KV_CACHE_AXES`. Slots of
+    frames not yet written are never visible (the attention mask reads `slot_frame`).
+  video (mode no_cache): [B, num_frames, N, C], the given frames then the generated ones
+    (later frames zero and masked), the sequence every step runs on.
+  """
+  kv_cache: dict | None = None
+  video: jax.Array | None = None
+
+
+class _Decoder:
+  """The static facts of one generation (shapes, unmasking plan, temperatures, guidance)
+  and the per-frame programs over a `DecodeState`. Built while tracing; holds no arrays
+  that change between frames."""
+
+  def __init__(self, model, params, given_tokens, settings, grid, context, context_mask):
+    b, n, num_tokens, c = given_tokens.shape
+    t_total, (h, w) = settings.num_frames, grid
+    if h * w != num_tokens or not 1 <= n < t_total:
+      raise ValueError(f"given tokens {given_tokens.shape} do not fit grid {grid} and "
+                       f"num_frames={t_total} (need 1 <= given frames < num_frames).")
+    self.temporal = model.config.model.get("temporal_attention", "causal")
+    if self.temporal != "causal" and settings.mode != "no_cache":
+      raise ValueError(f"a model with {self.temporal} temporal attention has no KV cache: "
+                       "sample it in mode no_cache.")
+    self.model, self.params, self.settings = model, params, settings
+    self.batch, self.num_given, self.num_tokens, self.channels = b, n, num_tokens, c
+    self.num_frames, self.h, self.w = t_total, h, w
+    self.dtype = given_tokens.dtype
+    self.guided = context is not None and settings.cfg != 1.0
+    self.run = _Transformer(model, params, b, self.guided, context, context_mask)
+    self.plan = unmask_schedule(settings, num_tokens)
+    self.temperatures = schedules.frame_temperatures(
+        settings.temperature, t_total - n, settings.temperature_start,
+        settings.temperature_end, settings.temperatures)
+    self.cfg_per_step = (1.0 + (settings.cfg - 1.0)
+                         * (num_tokens - self.plan.next_masked) / num_tokens)
+    self.clip_x0 = (settings.clip_denoised if settings.clip_denoised is not None
+                    else model.config.head.get("clip_denoised", 0.0))
+    self.loss_mode = model.config.loss.mode
+
+  # ---- One frame's unmasking steps.
+  def sample_frame(self, rng_f, temperature, transformer_fn):
+    """The S unmasking steps of one frame; transformer_fn(tokens, is_masked) -> z. Returns
+    the frame's tokens [B, N, C] and how often each was written [B, N]."""
+    b, num_tokens, c, width = self.batch, self.num_tokens, self.channels, self.plan.max_revealed
+    model, params, settings, run = self.model, self.params, self.settings, self.run
     scores = jax.random.uniform(jax.random.fold_in(rng_f, 1 << 20), (b, num_tokens))
     order = jnp.argsort(scores, axis=-1)  # order[:, r] = the token revealed at rank r
 
@@ -192,8 +237,8 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
       noise = jax.random.normal(jax.random.fold_in(rng_s, 0), (b * width, c))
       x = gaussian.sample(model.sample_schedule, model.head_fn(params, z_sel.reshape(
           -1, z_sel.shape[-1])), noise, jax.random.fold_in(rng_s, 1), temperature=temperature,
-                          cfg_scale=cfg if guided else None,
-                          clip_x0=clip_x0).reshape(b, width, c)
+                          cfg_scale=cfg if self.guided else None,
+                          clip_x0=self.clip_x0).reshape(b, width, c)
       if settings.clip_latents > 0:
         x = jnp.clip(x, -settings.clip_latents, settings.clip_latents)
       write = jnp.where(slot[None, :] < revealed, index, num_tokens)  # padding -> dropped
@@ -203,96 +248,68 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
       counts = counts.at[rows, write].add(1, mode="drop")
       return (tokens, known, counts), None
 
-    init = (jnp.zeros((b, num_tokens, c), given_tokens.dtype),
-            jnp.zeros((b, num_tokens), bool), jnp.zeros((b, num_tokens), jnp.int32))
-    xs = (jnp.arange(plan.num_steps), jnp.asarray(plan.next_masked),
-          jnp.asarray(plan.num_revealed), jnp.asarray(cfg_per_step, jnp.float32))
+    init = (jnp.zeros((b, num_tokens, c), self.dtype), jnp.zeros((b, num_tokens), bool),
+            jnp.zeros((b, num_tokens), jnp.int32))
+    xs = (jnp.arange(self.plan.num_steps), jnp.asarray(self.plan.next_masked),
+          jnp.asarray(self.plan.num_revealed), jnp.asarray(self.cfg_per_step, jnp.float32))
     (tokens, _, counts), _ = jax.lax.scan(step, init, xs)
     return tokens, counts
 
-  frames_to_make = (jnp.arange(n, t_total), jnp.asarray(temperatures))
-  if settings.mode == "no_cache":
-    prefill = true_clip if teacher_forced else given_tokens
-    generated, counts = _generate_without_cache(
-        run, prefill, t_total, h, w, rng, sample_frame, frames_to_make, settings,
-        _no_cache_keys(temporal, model.config.loss.mode), write_back=not teacher_forced)
-  else:
-    prefill = true_clip if teacher_forced else given_tokens
-    generated, counts = _generate_with_cache(model, run, prefill, t_total, h, w, rng,
-                                             sample_frame, frames_to_make, frame_grid,
-                                             settings, write_back=not teacher_forced)
-  tokens = jnp.concatenate([given_tokens, jnp.moveaxis(generated, 0, 1)], axis=1)
-  return {"tokens": tokens, "write_counts": jnp.moveaxis(counts, 0, 1)}
+  # ---- Mode kv_cache.
+  def prefill_with_cache(self, given) -> DecodeState:
+    """`given` [B, n, N, C] (the given frames, or the whole true clip when teacher-forced)
+    runs once under its own frame-causal mask; its keys and values fill the cache's first
+    n * N slots."""
+    b, n, num_tokens, c = given.shape
+    tc = self.model.transformer_config
+    batch = 2 * b if self.guided else b
+    shape = (tc.depth, batch, self.num_frames * self.num_tokens, tc.num_heads,
+             tc.width // tc.num_heads)
+    cache = {"k": jnp.zeros(shape, tc.dtype), "v": jnp.zeros(shape, tc.dtype)}
+    _, kv = self.run(given.reshape(b, n * num_tokens, c), jnp.zeros((b, n * num_tokens), bool),
+                     sequence.frame_positions(range(n), self.h, self.w),
+                     sequence.frame_causal_mask(n, num_tokens), return_kv=True)
+    return DecodeState(kv_cache=_write_kv(cache, kv, 0))
 
-
-def _generate_with_cache(model, run, given, t_total, h, w, rng, sample_frame, frames_to_make,
-                         frame_grid, settings, write_back=True):
-  """`given` [B, n, N, C] is prefilled into the cache; each generated frame is written back
-  (free-running) or not (teacher-forced: `given` is then the whole true clip)."""
-  b, n, num_tokens, c = given.shape
-  tc = model.transformer_config
-  head_dim = tc.width // tc.num_heads
-  batch = 2 * b if run.guided else b
-  shape = (tc.depth, batch, t_total * num_tokens, tc.num_heads, head_dim)
-  cache = {"k": jnp.zeros(shape, tc.dtype), "v": jnp.zeros(shape, tc.dtype)}
-  slot_frame = jnp.repeat(jnp.arange(t_total), num_tokens)  # frame of every cache slot
-
-  # Prefill the given frames (their own causal mask; no cache yet).
-  _, kv = run(given.reshape(b, n * num_tokens, c), jnp.zeros((b, n * num_tokens), bool),
-              sequence.frame_positions(range(n), h, w), sequence.frame_causal_mask(n, num_tokens),
-              return_kv=True)
-  cache = jax.tree_util.tree_map(
-      lambda buf, new: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype),
-                                                    (0, 0, 0, 0, 0)), cache, kv)
-
-  def frame(cache, xs):
+  def frame_with_cache(self, state: DecodeState, xs, *, rng, write_back: bool):
+    """Frame f from the cache of frames < f; written back when free-running."""
     f, temperature = xs
-    positions = frame_grid + jnp.array([1, 0, 0]) * f
+    b, num_tokens, t_total = self.batch, self.num_tokens, self.num_frames
+    positions = (jnp.asarray(sequence.frame_positions([0], self.h, self.w))
+                 + jnp.array([1, 0, 0]) * f)
+    slot_frame = jnp.repeat(jnp.arange(t_total), num_tokens)  # frame of every cache slot
     # Keys: all cache slots (visible iff written, i.e. of a frame < f), then the frame itself.
     attn_mask = jnp.concatenate([
         jnp.broadcast_to(slot_frame < f, (num_tokens, t_total * num_tokens)),
         jnp.ones((num_tokens, num_tokens), bool)], axis=1)
-    transformer_fn = lambda tokens, is_masked: run(tokens, is_masked, positions, attn_mask,
-                                                   kv_cache=cache)
-    tokens, counts = sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
+    transformer_fn = lambda tokens, is_masked: self.run(
+        tokens, is_masked, positions, attn_mask, kv_cache=state.kv_cache)
+    tokens, counts = self.sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
     if not write_back:
-      return cache, (tokens, counts)
-    context = as_context(tokens, settings, jax.random.fold_in(rng, f))
-    _, kv = run(context, jnp.zeros((b, num_tokens), bool), positions, attn_mask,
-                kv_cache=cache, return_kv=True)  # the finished frame once more
-    cache = jax.tree_util.tree_map(
-        lambda buf, new: jax.lax.dynamic_update_slice(
-            buf, new.astype(buf.dtype), (0, 0, f * num_tokens, 0, 0)), cache, kv)
-    return cache, (tokens, counts)
+      return state, (tokens, counts)
+    context = as_context(tokens, self.settings, jax.random.fold_in(rng, f))
+    _, kv = self.run(context, jnp.zeros((b, num_tokens), bool), positions, attn_mask,
+                     kv_cache=state.kv_cache, return_kv=True)  # the finished frame once more
+    return state.replace(kv_cache=_write_kv(state.kv_cache, kv, f * num_tokens)), (tokens,
+                                                                                    counts)
 
-  _, (generated, counts) = jax.lax.scan(frame, cache, frames_to_make)
-  return generated, counts
+  # ---- Mode no_cache.
+  def prefill_without_cache(self, given) -> DecodeState:
+    """The clip every step runs on: `given` [B, n, N, C] then zero (masked) frames, or the
+    whole true clip when teacher-forced (never overwritten)."""
+    b, n, num_tokens, c = given.shape
+    return DecodeState(video=jnp.concatenate(
+        [given, jnp.zeros((b, self.num_frames - n, num_tokens, c), given.dtype)], 1))
 
-
-def _no_cache_keys(temporal_attention: str, loss_mode: str) -> str:
-  """Which frames the no-cache pass at frame f attends to, as the model was trained:
-  'causal' (frame-causal mask), 'up_to_current' (bidirectional, frames <= f: the paper
-  loss never shows later frames) or 'all' (bidirectional over the whole clip, later frames
-  fully masked: the `mar` loss)."""
-  if temporal_attention == "causal":
-    return "causal"
-  return "all" if loss_mode == "mar" else "up_to_current"
-
-
-def _generate_without_cache(run, given, t_total, h, w, rng, sample_frame, frames_to_make,
-                            settings, keys: str = "causal", write_back: bool = True):
-  """Every step runs the whole clip: `given` [B, n, N, C] then masked frames (free-running:
-  generated frames are written back), or `given` = the true clip, never overwritten
-  (teacher-forced)."""
-  b, n, num_tokens, c = given.shape
-  positions = sequence.frame_positions(range(t_total), h, w)
-  causal_mask = sequence.frame_causal_mask(t_total, num_tokens)
-  key_frame = jnp.repeat(jnp.arange(t_total), num_tokens)
-  video = jnp.concatenate([given, jnp.zeros((b, t_total - n, num_tokens, c), given.dtype)], 1)
-
-  def frame(video, xs):
+  def frame_without_cache(self, state: DecodeState, xs, *, rng, write_back: bool):
     f, temperature = xs
+    b, num_tokens, t_total, c = self.batch, self.num_tokens, self.num_frames, self.channels
+    video = state.video
+    positions = sequence.frame_positions(range(t_total), self.h, self.w)
+    causal_mask = sequence.frame_causal_mask(t_total, num_tokens)
+    key_frame = jnp.repeat(jnp.arange(t_total), num_tokens)
     later = (jnp.arange(t_total) > f)[None, :, None]  # unseen by frame f (causality)
+    keys = _no_cache_keys(self.temporal, self.loss_mode)
     if keys == "causal":
       attn_mask = causal_mask
     elif keys == "up_to_current":
@@ -304,15 +321,30 @@ def _generate_without_cache(run, given, t_total, h, w, rng, sample_frame, frames
       seq = jax.lax.dynamic_update_slice(video, tokens[:, None], (0, f, 0, 0))
       masked = jax.lax.dynamic_update_slice(
           jnp.broadcast_to(later, (b, t_total, num_tokens)), is_masked[:, None], (0, f, 0))
-      z = run(seq.reshape(b, -1, c), masked.reshape(b, -1), positions, attn_mask)
+      z = self.run(seq.reshape(b, -1, c), masked.reshape(b, -1), positions, attn_mask)
       z = z.reshape(z.shape[0], t_total, num_tokens, -1)
       return jax.lax.dynamic_index_in_dim(z, f, axis=1, keepdims=False)
 
-    tokens, counts = sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
+    tokens, counts = self.sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
     if write_back:
-      context = as_context(tokens, settings, jax.random.fold_in(rng, f))
+      context = as_context(tokens, self.settings, jax.random.fold_in(rng, f))
       video = jax.lax.dynamic_update_slice(video, context[:, None], (0, f, 0, 0))
-    return video, (tokens, counts)
+    return state.replace(video=video), (tokens, counts)
 
-  _, (generated, counts) = jax.lax.scan(frame, video, frames_to_make)
-  return generated, counts
+
+def _write_kv(cache: dict, kv: dict, slot) -> dict:
+  """`kv` ({"k", "v"} [layers, batch, S, heads, head_dim]) written into `cache` from
+  sequence slot `slot` on, in place, the result laid out by `KV_CACHE_AXES`."""
+  return {name: constrain(jax.lax.dynamic_update_slice(
+      cache[name], kv[name].astype(cache[name].dtype), (0, 0, slot, 0, 0)), KV_CACHE_AXES)
+          for name in cache}
+
+
+def _no_cache_keys(temporal_attention: str, loss_mode: str) -> str:
+  """Which frames the no-cache pass at frame f attends to, as the model was trained:
+  'causal' (frame-causal mask), 'up_to_current' (bidirectional, frames <= f: the paper
+  loss never shows later frames) or 'all' (bidirectional over the whole clip, later frames
+  fully masked: the `mar` loss)."""
+  if temporal_attention == "causal":
+    return "causal"
+  return "all" if loss_mode == "mar" else "up_to_current"
