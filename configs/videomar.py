@@ -11,26 +11,40 @@ of depth 3 and width 1024). The data and curriculum defaults here are the CPU-si
 built-in `bouncing_balls` set; paper-scale runs override `data`, `tokenizer` and `stages`.
 """
 
+import dataclasses
+
 import ml_collections
 
+from videomar_jax.errors import ConfigError
 from videomar_jax.parallel.rules import default_rules_config
 
-# name: (width, depth, num_heads, head_width, head_depth). `tiny_long` is the `tiny` recipe
-# trained longer (below).
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+  width: int  # transformer width D
+  depth: int  # transformer blocks
+  num_heads: int
+  head_width: int  # diffusion head width
+  head_depth: int  # diffusion head residual blocks
+
+
+# `tiny_long` is the `tiny` recipe trained longer (below).
 MODEL_PRESETS = {
-    "tiny": (128, 4, 4, 128, 2),
-    "tiny_long": (128, 4, 4, 128, 2),
-    "small": (256, 6, 4, 256, 3),
-    "base": (768, 12, 12, 768, 3),
-    "paper": (1536, 36, 24, 1024, 3),
+    "tiny": ModelSize(width=128, depth=4, num_heads=4, head_width=128, head_depth=2),
+    "tiny_long": ModelSize(width=128, depth=4, num_heads=4, head_width=128, head_depth=2),
+    "small": ModelSize(width=256, depth=6, num_heads=4, head_width=256, head_depth=3),
+    "base": ModelSize(width=768, depth=12, num_heads=12, head_width=768, head_depth=3),
+    "paper": ModelSize(width=1536, depth=36, num_heads=24, head_width=1024, head_depth=3),
 }
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   preset = arg or "tiny"
   if preset not in MODEL_PRESETS:
-    raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}.")
-  width, depth, num_heads, head_width, head_depth = MODEL_PRESETS[preset]
+    raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}.")
+  size = MODEL_PRESETS[preset]
+  width, depth, num_heads = size.width, size.depth, size.num_heads
+  head_width, head_depth = size.head_width, size.head_depth
 
   config = ml_collections.ConfigDict()
   config.preset = preset

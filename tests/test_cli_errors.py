@@ -112,3 +112,8 @@ def test_info_and_plan_reject_what_train_rejects_before_any_work(command, args, 
 def test_a_missing_config_file_is_one_line(tmp_path):
   line = _one_error_line(_cli("info", f"--config={tmp_path}/nope.py:tiny"))
   assert f"no config file at {tmp_path}/nope.py" in line
+
+
+def test_an_unknown_preset_is_one_line():
+  line = _one_error_line(_cli("info", "--config=configs/videomar.py:huge"))
+  assert "unknown preset 'huge'; choose one of ['base', 'paper', 'small', 'tiny'" in line

@@ -28,6 +28,16 @@ def run_reporting_config_errors(run_app, argv: list[str], want_traceback) -> Non
   parsing the flags, i.e. from the config: it prints as one line (exit 1) unless a
   traceback was asked for (`want_traceback()` or --verbosity>=1)."""
   state = {"started": False}
+  spec = _config_spec(argv)
+  quiet = not (want_traceback() or _verbosity(argv) >= 1)
+  if spec is not None and quiet and os.path.isfile(spec.partition(":")[0]):
+    # absl reports a config file that raises (an unknown preset, a typo at some line) as a
+    # multi-line FATAL with the traceback inside: load it first, and say it in one line.
+    try:
+      _load(spec)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"ERROR: {describe(argv, e)}", file=sys.stderr, flush=True)
+      sys.exit(1)
   try:
     run_app(lambda: state.update(started=True))
   except Exception as e:  # pylint: disable=broad-except

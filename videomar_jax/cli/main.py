@@ -30,7 +30,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videomar_jax.cli import config_errors, tokenizer_commands, torch_commands
+from videomar_jax.cli import command_flags, config_errors, tokenizer_commands, torch_commands
 from videomar_jax.errors import ConfigError, UserError
 
 COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler",
@@ -375,8 +375,11 @@ def run(argv=None):
           file=sys.stderr)
     sys.exit(2)
   rest = argv[1 + len(command.split()):]
+  if any(a in ("--help", "-h", "--helpshort", "-?") for a in rest):
+    print(command_flags.usage(command))
+    sys.exit(0)
   full_argv = [f"{prog} {command}"] + rest
-  handler = _quiet_libraries(HANDLERS[command])
+  handler = _quiet_libraries(HANDLERS[command], command)
 
   def run_app(started):
     def main(args):
@@ -386,13 +389,15 @@ def run(argv=None):
   config_errors.run_reporting_config_errors(run_app, full_argv, _want_traceback)
 
 
-def _quiet_libraries(handler):
+def _quiet_libraries(handler, command: str):
   """Orbax and TFDS log every file they touch at INFO; show warnings only unless the user
-  asked for more with --verbosity. Bad-input errors print as one message, exit status 1."""
+  asked for more with --verbosity. Flags of other commands and bad input print as one
+  message, exit status 1."""
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
     try:
+      command_flags.check(command)
       return handler(argv)
     except (UserError, FileNotFoundError) as e:
       if _want_traceback():
