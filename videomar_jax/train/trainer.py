@@ -60,8 +60,9 @@ def validate(config: ml_collections.ConfigDict, tokenizer=None, mesh=None) -> No
     raise FileNotFoundError(f"config.train.init_from: no checkpoint file at {init_from}")
   if config.train.init_key_map:
     key_map.load_key_map(config.train.init_key_map)  # a bad map fails now, not after setup
+  # Without a mesh (checks before anything is built) the batch split is checked later.
   batch_ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-  if batch_ways % jax.process_count():
+  if mesh is not None and batch_ways % jax.process_count():
     raise ConfigError(f"the mesh splits the batch {batch_ways} ways (data x fsdp), which "
                       f"{jax.process_count()} processes cannot share: each process must own "
                       "whole batch shards.")
