@@ -22,6 +22,7 @@ errors.
 """
 
 import json
+import logging as std_logging
 import math
 import os
 import sys
@@ -32,6 +33,7 @@ from ml_collections import config_flags
 
 from videomar_jax.cli import command_flags, config_errors, tokenizer_commands, torch_commands
 from videomar_jax.errors import ConfigError, UserError
+from videomar_jax.train import checkpoint as checkpoint_lib
 
 COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler",
             "bench train", "bench tokenizer", "plan", "verify", "torch export", "torch keys",
@@ -396,6 +398,12 @@ def _quiet_libraries(handler, command: str):
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
+    if _want_traceback():
+      checkpoint_lib.QUIET_FAILED_RESTORES = False
+    else:
+      # A failed checkpoint read leaves futures whose exceptions asyncio logs, with their
+      # tracebacks, as they are collected: after the one-line report of that failure.
+      std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
     try:
       command_flags.check(command)
       return handler(argv)

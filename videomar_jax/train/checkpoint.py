@@ -7,15 +7,22 @@ temporary folder and renames it when complete, so a run killed mid-save keeps th
 checkpoint intact.
 """
 
+import contextlib
 import json
 import os
+import sys
+import time
+from collections.abc import Callable
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+import numpy as np
 
-from videomar_jax.errors import ConfigError
+from videomar_jax.errors import ConfigError, UserError
 
 # Config keys that shape the parameters (or the tokens they read): a checkpoint restores
 # only into the model it was written from. Compute-only settings may change on resume.
@@ -51,6 +58,51 @@ class ResumeMismatchError(ConfigError):
   """A workdir's checkpoint was written by another model than the config describes."""
 
 
+class CheckpointRestoreError(RuntimeError):
+  """One checkpoint step could not be read (damaged, incomplete, or missing files)."""
+
+
+class NoRestorableCheckpointError(UserError):
+  """Checkpoints exist, but none of them can be read."""
+
+
+class CheckpointSaveError(UserError):
+  """A checkpoint could not be written (disk full, read-only or missing directory)."""
+
+
+# A failed Orbax restore abandons TensorStore reads whose completion callbacks later post to
+# a closed asyncio loop, each printing a traceback ("Event loop is closed") from native
+# threads, dozens in all. With this set (the CLI clears it for --verbosity=1 or
+# VIDEOMAR_TRACEBACK=1), restores that may fail run with the process's stderr silenced;
+# the failure itself is reported as one warning.
+QUIET_FAILED_RESTORES = True
+
+
+@contextlib.contextmanager
+def _stderr_silenced(enabled: bool):
+  if not enabled:
+    yield
+    return
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+def _short(error: BaseException, limit: int = 240) -> str:
+  """The gist of a restore failure: TensorStore and Orbax messages run to pages."""
+  cause = error.__cause__ or error
+  text = " ".join(f"{type(cause).__name__}: {cause}".split())
+  text = text.split(" See full TensorStore details")[0]
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Checkpointer:
   """A thin wrapper around `ocp.CheckpointManager` for the trainer's three items."""
 
@@ -67,15 +119,29 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def steps_newest_first(self) -> list[int]:
+    return sorted(self.manager.all_steps(), reverse=True)
+
   def save(self, step: int, state, data_iterator, stage: int,
            config: ml_collections.ConfigDict) -> None:
     meta = {"step": int(step), "stage": int(stage), "process_count": jax.process_count(),
             "config": config.to_json_best_effort()}
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        meta=ocp.args.JsonSave(meta)), force=True)
-    self.manager.wait_until_finished()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          meta=ocp.args.JsonSave(meta)), force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax writes into a temporary folder and renames it when complete, so a failed save
+      # leaves the previous checkpoint as it was.
+      latest = self.latest_step()
+      kept = (f"checkpoint {latest} is intact" if latest not in (None, step)
+              else "no earlier checkpoint exists")
+      raise CheckpointSaveError(
+          f"could not write checkpoint {step} to {self.directory} ({_short(e)}); {kept}. "
+          "Free disk space or make the directory writable, then run the same command "
+          "again to resume.") from e
 
   def restore_meta(self, step: int) -> dict:
     return self._restore(step, meta=ocp.args.JsonRestore())["meta"]
@@ -90,18 +156,86 @@ class Checkpointer:
   def restore_subtree(self, step: int, name: str, abstract):
     """Restores one field of the saved state (e.g. "ema_params") into `abstract`'s structure,
     leaving the rest (optimizer moments) on disk."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     args = ocp.args.PyTreeRestore(
         item={name: abstract}, partial_restore=True,
-        restore_args=jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=None),
+        restore_args=jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=device),
                                             {name: abstract}))
     return self._restore(step, state=args)["state"][name]
+
+  def restore_data(self, step: int, data_iterator) -> None:
+    """Positions `data_iterator` where the run was at `step`."""
+    self._restore(step, data=grain.checkpoint.CheckpointRestore(data_iterator))
 
   def _restore(self, step: int, **args):
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # orbax raises many types; name the checkpoint that failed
-      raise RuntimeError(f"Could not restore checkpoint {self.directory}/{step} "
-                         f"({', '.join(args)}): {type(e).__name__}: {e}") from e
+      raise CheckpointRestoreError(f"Could not restore checkpoint {self.directory}/{step} "
+                                   f"({', '.join(args)}): {_short(e)}") from e
+
+  def newest_restorable(self, restore: Callable[[int], object], *, quarantine: bool = False,
+                        log: Callable[[str], None] | None = None):
+    """(step, restore(step)) for the newest step that restores, trying older ones after a
+    failure, or (None, None) when there is no checkpoint at all.
+
+    A step that fails (a truncated or missing file, an empty step folder) gets a warning
+    naming it and why; it is never deleted. With `quarantine` (a training run, which will
+    write new steps) damaged steps are moved to `<directory>/damaged/<step>`, so that Orbax
+    neither resumes from them again nor writes a new step over them. `restore` raising a
+    `UserError` (e.g. a checkpoint of another model) is not damage: it propagates. With
+    several processes all of them must succeed on a step for it to count.
+    """
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    damaged = []
+    result, found = None, None
+    for step in self.steps_newest_first():
+      with _stderr_silenced(QUIET_FAILED_RESTORES):
+        try:
+          result, error = restore(step), None
+        except UserError:
+          raise
+        except Exception as e:  # pylint: disable=broad-except
+          result, error = None, e
+          time.sleep(0.5)  # the abandoned reads' callbacks land while stderr is silenced
+      ok = error is None
+      if jax.process_count() > 1:
+        ok = bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+      if ok:
+        found = step
+        break
+      damaged.append(step)
+      if jax.process_index() == 0:
+        reason = _short(error) if error is not None else "another process could not read it"
+        log(f"WARNING: checkpoint {self.directory}/{step} cannot be restored ({reason}); "
+            "trying the one before it.")
+    if damaged and quarantine:
+      self._quarantine(damaged)
+    if found is None and damaged:
+      raise NoRestorableCheckpointError(
+          f"none of the checkpoints in {self.directory} can be restored (steps "
+          f"{', '.join(map(str, damaged))}; see the warnings above). Start afresh in a new "
+          "--workdir, or repair or remove the damaged steps.")
+    if damaged and jax.process_index() == 0:
+      where = (f"; moved to {self.directory}/damaged/ (kept, not deleted)" if quarantine
+               else " (left where they are)")
+      log(f"WARNING: using checkpoint {found}, the newest that restores; damaged: "
+          f"{', '.join(map(str, damaged))}{where}.")
+    return found, result
+
+  def _quarantine(self, steps: list[int]) -> None:
+    if jax.process_index() == 0:
+      target = epath.Path(self.directory) / "damaged"
+      target.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        destination = target / str(step)
+        suffix = 1
+        while destination.exists():  # damaged twice at the same step: keep both
+          destination, suffix = target / f"{step}.{suffix}", suffix + 1
+        (epath.Path(self.directory) / str(step)).rename(destination)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("videomar quarantined damaged checkpoints")
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

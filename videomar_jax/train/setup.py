@@ -26,7 +26,8 @@ from videomar_jax.tokenizers import make_tokenizer, model_token_dim, tokenizer_g
 from videomar_jax.tokenizers.base import Tokenizer, num_latent_frames
 from videomar_jax.tokenizers.geometry import TokenizerGeometry
 from videomar_jax.train import optimizer as optim_lib
-from videomar_jax.train.checkpoint import Checkpointer, checkpoint_location
+from videomar_jax.train.checkpoint import (Checkpointer, CheckpointRestoreError,
+                                           NoRestorableCheckpointError, checkpoint_location)
 from videomar_jax.train.state import TrainState, create_state, make_train_step
 
 
@@ -178,19 +179,32 @@ def _find_run_tokenizer(config: ml_collections.ConfigDict, checkpoint_dir: str) 
 def restore_weights(path: str, use_ema: bool = True):
   """A run directory (its latest checkpoint), `<run>/checkpoints/<step>`, or a checkpoint
   directory URI -> (config, params, step). EMA weights by default. Only the weights are
-  read: no optimizer is built and the optimizer moments stay on disk."""
+  read: no optimizer is built and the optimizer moments stay on disk. Given a run, a
+  damaged newest checkpoint is skipped with a warning for the newest one that restores
+  (nothing is moved or deleted); a step named explicitly is that step or an error."""
   directory, step = checkpoint_location(path)
   checkpointer = Checkpointer("", keep=1_000_000, directory=directory, create=False)
-  try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{directory} holds no checkpoint.")
-    meta = checkpointer.restore_meta(step)
-    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+  name = "ema_params" if use_ema else "params"
+
+  def restore(step):
+    config = ml_collections.ConfigDict(json.loads(checkpointer.restore_meta(step)["config"]))
     _find_run_tokenizer(config, directory)
-    name = "ema_params" if use_ema else "params"
-    params = checkpointer.restore_subtree(step, name, make_model(config).abstract_params())
+    return config, checkpointer.restore_subtree(step, name, make_model(config).abstract_params())
+
+  try:
+    if step is None:
+      step, restored = checkpointer.newest_restorable(restore)
+      if step is None:
+        raise FileNotFoundError(f"{directory} holds no checkpoint.")
+    else:
+      if step not in checkpointer.steps_newest_first():
+        raise FileNotFoundError(f"{directory} holds no checkpoint step {step}.")
+      try:
+        restored = restore(step)
+      except CheckpointRestoreError as e:
+        raise NoRestorableCheckpointError(f"{e}. Name another step, or the run directory "
+                                          "for the newest that restores.") from None
   finally:
     checkpointer.close()
+  config, params = restored
   return config, params, step
-

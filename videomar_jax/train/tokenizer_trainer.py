@@ -165,17 +165,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_iter = iter(loader)
   run_start = time.perf_counter()
 
-  # ---- Resume.
-  latest = checkpointer.latest_step()
+  # ---- Resume: the newest checkpoint that restores (damaged newer ones moved aside).
+  abstract_sharded = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+      state_sharding)
+  latest, state = checkpointer.newest_restorable(
+      lambda step: checkpointer.restore(step, abstract_sharded, data_iter), quarantine=True)
   if latest is None:
     state = jax.jit(create_state, out_shardings=state_sharding)(
         random_params(network, config.seed))
     step = 0
   else:
-    abstract_sharded = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-        state_sharding)
-    state = checkpointer.restore(latest, abstract_sharded, data_iter)
     step = latest
     print(f"Resuming from checkpoint step {latest}.", flush=True)
   print(f"Training {config.variant} ({_count(abstract.params):,} parameters) on "

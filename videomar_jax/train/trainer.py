@@ -190,23 +190,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str, init_params) -> dict
       raise ValueError(f"processes see different latest checkpoints {list(seen)} in "
                        f"{checkpointer.directory}: a multi-process run needs a checkpoint "
                        "directory they all share (config.train.checkpoint_dir=gs://...).")
-  meta = checkpointer.restore_meta(latest) if latest is not None else None
-  if meta is not None and "config" in meta:
-    differences = model_differences(meta["config"], config)
-    if differences:
-      raise ResumeMismatchError(
-          f"{workdir} holds checkpoint step {latest} of another model ({'; '.join(differences)}). "
-          "Train this config in a new --workdir, or resume with the run's own model settings "
-          f"({os.path.join(workdir, 'config.json')}).")
+
+  def restore(step):  # a checkpoint of another model is an error, not damage
+    meta = checkpointer.restore_meta(step)
+    _check_same_model(meta, config, workdir, step)
+    return meta, checkpointer.restore(step, experiment.abstract_state)
+
+  # The newest checkpoint that restores; damaged newer ones are moved aside, not deleted.
+  latest, restored = checkpointer.newest_restorable(restore, quarantine=True)
+  meta, state = restored if restored is not None else (None, None)
   if meta is not None and is_main:
     print(f"Resuming from checkpoint step {latest} (stage {meta['stage']}).", flush=True)
-  state: TrainState | None = None
   step = latest or 0
   status = "done"
 
   # ---- Loop over curriculum stages.
   log = loop.MetricsLog(workdir, step, total_steps, checkpointer, experiment.schedule,
                         is_main=is_main)
+  config_written = False
   try:
     with loop.PreemptionFlag() as preemption:
       for stage in stages:
@@ -220,20 +221,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str, init_params) -> dict
             transforms=_latent_transforms(config, tokenizer, stage),
             first_frame_prob=config.data.crop_first_frame_prob)
         data_iter = iter(loader)
+        if meta is not None and stage.start < step < stage.end:
+          _position_data(checkpointer, meta, latest, step, stage, loader, data_iter)
         if state is None:
-          state = _initial_state(experiment, checkpointer, meta, latest, step, stage, loader,
-                                 data_iter, init_params)
-          if is_main:  # written once the state exists: a failed resume leaves the old one
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-              f.write(config.to_json_best_effort(indent=2))
+          state = experiment.create_state()
+          if config.train.init_from:
+            state = _with_params(state, experiment, init_params())
+        if not config_written and is_main:
+          # Written once the state exists: a failed resume leaves the run's own config.
+          with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        config_written = True
         if is_main:
           print(f"Stage {stage.index}: {stage.num_frames} frames at {stage.resolution}px, "
                 f"batch {stage.batch_size}, steps {stage.start}..{stage.end}.", flush=True)
 
         pending = None
         while step < stage.end:
-          batch = partition.global_batch(
-              {data.batch_key: next(data_iter)[data.batch_key]}, mesh)
+          record = next(data_iter)
+          batch = partition.global_batch({data.batch_key: record[data.batch_key]}, mesh)
           state, metrics = experiment.train_step(state, batch)
           step += 1
           # Read the previous step's metrics while this one runs (no per-step stall).
@@ -272,25 +278,26 @@ def _train(config: ml_collections.ConfigDict, workdir: str, init_params) -> dict
   return {"status": status, "step": step}
 
 
-def _initial_state(experiment: setup.Experiment, checkpointer: Checkpointer, meta, latest,
-                   step: int, stage: setup.StageShape, loader, data_iter,
-                   init_params) -> TrainState:
-  """A fresh state (from `init_params` if given) or the checkpoint's, restored straight
-  into the target shardings whatever mesh wrote it; positions `data_iter` on resume."""
-  if meta is None:
-    state = experiment.create_state()
-    if experiment.config.train.init_from:
-      state = _with_params(state, experiment, init_params())
-    return state
-  same_stage = meta["stage"] == stage.index and step > stage.start
-  # Data-iterator states are per process: with another process count, rebuild the
-  # position from the step (the global batches do not depend on it).
-  same_processes = meta.get("process_count", 1) == jax.process_count()
-  state = checkpointer.restore(latest, experiment.abstract_state,
-                               data_iter if same_stage and same_processes else None)
-  if same_stage and not same_processes:
+def _check_same_model(meta: dict, config, workdir: str, step: int) -> None:
+  if "config" not in meta:
+    return
+  differences = model_differences(meta["config"], config)
+  if differences:
+    raise ResumeMismatchError(
+        f"{workdir} holds checkpoint step {step} of another model "
+        f"({'; '.join(differences)}). Train this config in a new --workdir, or resume with "
+        f"the run's own model settings ({os.path.join(workdir, 'config.json')}).")
+
+
+def _position_data(checkpointer: Checkpointer, meta: dict, latest: int, step: int,
+                   stage: setup.StageShape, loader, data_iter) -> None:
+  """Puts `data_iter` where the resumed run was inside `stage`: the saved iterator state, or
+  (saved by another number of processes, whose iterator states are per process) the
+  position rebuilt from the step; the global batches do not depend on it."""
+  if meta.get("process_count", 1) == jax.process_count() and meta["stage"] == stage.index:
+    checkpointer.restore_data(latest, data_iter)
+  else:
     data_iter.set_state(pipeline.iterator_state_after(loader, step - stage.start))
-  return state
 
 
 def _latent_transforms(config, tokenizer, stage: setup.StageShape):
