@@ -72,7 +72,8 @@ def test_reading_conditioning_files(tmp_path):
   with pytest.raises(video_io.VideoInputError, match="greyscale"):
     video_io.read_frames(str(tmp_path / "grey.png"))
   (tmp_path / "junk.mp4").write_bytes(b"not a video")
-  with pytest.raises(video_io.VideoInputError, match="cannot be read"):
+  with pytest.raises(video_io.VideoInputError, match="junk.mp4: not an image or video: its "
+                     "first bytes match none of PNG"):
     video_io.read_frames(str(tmp_path / "junk.mp4"))
   with pytest.raises(video_io.VideoInputError, match="no such file"):
     video_io.read_frames(str(tmp_path / "missing.png"))
@@ -80,6 +81,21 @@ def test_reading_conditioning_files(tmp_path):
   paths = video_io.write_video(str(tmp_path / "clip"), clip)     # writers merge repeats
   assert all(os.path.getsize(p) > 0 for p in paths)
   assert [video_io.read_frames(p).shape[0] for p in paths] == [3, 3]
+  # Unreadable media say what is wrong, without ffmpeg's banner or install hints.
+  (tmp_path / "empty.mp4").write_bytes(b"")
+  with pytest.raises(video_io.VideoInputError, match="empty.mp4: the file is empty"):
+    video_io.read_frames(str(tmp_path / "empty.mp4"))
+  for name in ("clip.mp4", "clip.gif"):
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / f"cut_{name}").write_bytes(data[:len(data) // 3])
+    with pytest.raises(video_io.VideoInputError) as info:
+      video_io.read_frames(str(tmp_path / f"cut_{name}"))
+    message = str(info.value)
+    assert "cannot be decoded: truncated or damaged" in message, message
+    assert "ffmpeg version" not in message and "pip install" not in message
+  (tmp_path / "cut.png").write_bytes((tmp_path / "rgb.png").read_bytes()[:200])
+  with pytest.raises(video_io.VideoInputError, match="a PNG image .* truncated or damaged"):
+    video_io.read_frames(str(tmp_path / "cut.png"))
   balls_clip = bouncing_balls.render(np.array([[[4.0, 4.0]], [[9.0, 6.0]]]), np.array([2]),
                                      16, 3)
   gif = video_io.write_video(str(tmp_path / "balls"), balls_clip)[1]

@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+
+from videomar_jax.data import integrity
 
 __all__ = [
     "PALETTE_NAMES",
@@ -664,13 +667,26 @@ def build(data_dir: str, **overrides: Any) -> BouncingBalls:
   """Returns the prepared builder for ``make_config(**overrides)`` under ``data_dir``.
 
   Generates and writes the array_record files on first use; later calls only read
-  the stored metadata. Progress bars are disabled.
+  the stored metadata. Progress bars are disabled. A stored dataset whose metadata is
+  missing or unreadable (an interrupted build) is a `DatasetFileError` naming the folder.
   """
   tfds.disable_progress_bar()
-  builder = BouncingBalls(
-      data_dir=str(data_dir), config=make_config(**overrides), file_format="array_record"
-  )
-  builder.download_and_prepare()
+  config = make_config(**overrides)
+  folder = os.path.join(str(data_dir), "bouncing_balls", config.name)
+  existed = os.path.isdir(folder)
+  try:
+    builder = BouncingBalls(data_dir=str(data_dir), config=config, file_format="array_record")
+    builder.download_and_prepare()
+    if not builder.info.splits:
+      raise ValueError("its dataset_info.json lists no splits")
+  except Exception as e:  # pylint: disable=broad-except
+    if not existed:  # a failure of a fresh build: not about stored files
+      raise
+    reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    raise integrity.DatasetFileError(
+        f"the bouncing_balls dataset in {folder} is incomplete or damaged ({reason}); an "
+        f"interrupted build? Delete {folder} and run again: the built-in dataset is rebuilt "
+        "on first use (or with `videomar data build`).") from e
   return builder
 
 
@@ -683,4 +699,8 @@ def load(data_dir: str, split: str, **overrides: Any):
   """
   if split not in _SPLIT_IDS:
     raise ValueError(f"unknown split {split!r}; known: {list(_SPLIT_IDS)}")
-  return build(data_dir, **overrides).as_data_source(split)
+  builder = build(data_dir, **overrides)
+  hint = (f"Delete {builder.data_dir} and run again: the built-in dataset is rebuilt on "
+          "first use (or with `videomar data build`).")
+  return integrity.check_split(builder.as_data_source(split),
+                               integrity.tfds_shards(builder, split), hint)

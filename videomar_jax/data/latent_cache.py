@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from videomar_jax.data import integrity
 from videomar_jax.errors import UserError
 from videomar_jax.tokenizers.base import Tokenizer, video_to_unit
 
@@ -209,7 +210,10 @@ def load(directory: str, split: str):
     raise LatentCacheError(f"the latent cache {directory} has no split {split!r} (it has "
                            f"{sorted(meta['splits'])}).")
   builder = tfds.builder_from_directory(os.path.join(directory, meta["dataset_dir"]))
-  return builder.as_data_source(split), meta
+  hint = (f"Encode the cache again (`videomar data encode --out={directory}` after deleting "
+          "it).")
+  return integrity.check_split(builder.as_data_source(split),
+                               integrity.tfds_shards(builder, split), hint), meta
 
 
 class LatentCrop(grain.transforms.RandomMap):

@@ -2,6 +2,7 @@
 binary, GIF via Pillow; no system ffmpeg needed)."""
 
 import os
+import warnings
 
 import imageio.v2 as imageio
 import numpy as np
@@ -11,6 +12,38 @@ from videomar_jax.errors import UserError
 
 class VideoInputError(UserError):
   """A conditioning file that cannot be used, with the reason."""
+
+
+# The first bytes of the formats we read, to say what a file that does not decode is.
+_MAGIC = ((b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF8", "GIF"),
+          (b"BM", "BMP image"), (b"\x1aE\xdf\xa3", "WebM/Matroska video"))
+
+
+def _kind(head: bytes) -> str | None:
+  for magic, kind in _MAGIC:
+    if head.startswith(magic):
+      return kind
+  if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+    return "WebP image" if head[8:12] == b"WEBP" else "AVI video"
+  if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free"):
+    return "MP4/MOV video"
+  return None
+
+
+def _unreadable(path: str, error: BaseException) -> VideoInputError:
+  """What is wrong with a file imageio could not decode, without ffmpeg's banner."""
+  size = os.path.getsize(path)
+  if size == 0:
+    return VideoInputError(f"{path}: the file is empty (0 bytes).")
+  with open(path, "rb") as f:
+    kind = _kind(f.read(16))
+  if kind is None:
+    return VideoInputError(f"{path}: not an image or video: its first bytes match none of "
+                           "PNG, JPEG, GIF, BMP, WebP, MP4/MOV, WebM/MKV, AVI.")
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  detail = "" if ("ffmpeg" in first.lower() or "pip install" in first) else f" ({first[:120]})"
+  return VideoInputError(f"{path}: a {kind} ({size} bytes) that cannot be decoded: "
+                         f"truncated or damaged{detail}.")
 
 
 def read_frames(path: str) -> np.ndarray:
@@ -23,7 +56,9 @@ def read_frames(path: str) -> np.ndarray:
     else:
       frames = np.stack([np.asarray(f) for f in imageio.mimread(path, memtest=False)])
   except Exception as e:  # imageio raises many types for unreadable files
-    raise VideoInputError(f"{path}: cannot be read as an image or video ({e}).") from e
+    raise _unreadable(path, e) from None
+  if frames.shape[0] == 0:
+    raise VideoInputError(f"{path}: the video holds no frames.")
   if frames.ndim == 3:
     raise VideoInputError(f"{path}: greyscale; an RGB image or video is needed.")
   if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
@@ -58,6 +93,8 @@ def write_video(path_stem: str, frames: np.ndarray, fps: int = 8) -> list[str]:
   """Writes `<stem>.mp4` and `<stem>.gif`; returns the paths."""
   frames = np.asarray(frames, np.uint8)
   mp4, gif = path_stem + ".mp4", path_stem + ".gif"
-  imageio.mimsave(mp4, list(frames), fps=fps, macro_block_size=1)
+  with warnings.catch_warnings():  # the ffmpeg writer forks and execs at once: harmless
+    warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+    imageio.mimsave(mp4, list(frames), fps=fps, macro_block_size=1)
   imageio.mimsave(gif, list(frames), duration=1000 / fps, loop=0)
   return [mp4, gif]

@@ -14,6 +14,7 @@ save at the next step boundary and return.
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from videomar_jax.data import latent_cache, pipeline, sources
+from videomar_jax.data.integrity import DatasetFileError
 from videomar_jax.errors import ConfigError
 from videomar_jax.io import key_map
 from videomar_jax.losses import next_frame
@@ -238,7 +240,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, init_params) -> dict
 
         pending = None
         while step < stage.end:
-          record = next(data_iter)
+          try:
+            record = next(data_iter)
+          except DatasetFileError:
+            # Damaged data mid-run: keep what was trained so far, then stop with the file.
+            if pending is not None:
+              _log_step(log, *pending)
+              pending = None
+            if step > (checkpointer.latest_step() or 0):
+              checkpointer.save(step, state, data_iter, stage.index, config)
+              if is_main:
+                print(f"Saved checkpoint {step} before stopping on damaged data.",
+                      file=sys.stderr, flush=True)
+            raise
           batch = partition.global_batch({data.batch_key: record[data.batch_key]}, mesh)
           state, metrics = experiment.train_step(state, batch)
           step += 1
