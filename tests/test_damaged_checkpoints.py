@@ -127,22 +127,31 @@ def _limit_file_size():
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line(run):
   workdir, data_dir = run
-  code = ("import sys; sys.path.insert(0, 'tests');"
-          "from test_damaged_checkpoints import _config, _limit_file_size;"
-          "from videomar_jax.train import trainer;"
-          "from videomar_jax.train.checkpoint import CheckpointSaveError;"
-          f"config = _config({data_dir!r}, steps=(4, 6)); _limit_file_size()\n"
-          "try:\n"
-          f"  trainer.train(config, {workdir!r})\n"
-          "except CheckpointSaveError as e:\n"
-          "  print('SAVE-ERROR', e); sys.exit(3)\n")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=REPO,
+  config = _config(data_dir, steps=(4, 6))
+  args = ["train", f"--config={REPO}/configs/videomar.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}"]
+  for key in ("num_train_clips", "num_test_clips", "num_frames", "resolution"):
+    args.append(f"--config.data.{key}={config.data[key]}")
+  for key in ("width", "depth", "num_heads", "scan_layers", "pos_embed_size", "rope_base"):
+    args.append(f"--config.model.{key}={config.model[key]}")
+  for key in ("width", "depth", "diffusion_batch_mul", "num_sampling_steps"):
+    args.append(f"--config.head.{key}={config.head[key]}")
+  args += [f"--config.loss.mode={config.loss.mode}", f"--config.batch_size={config.batch_size}",
+           f"--config.optim.warmup_steps={config.optim.warmup_steps}",
+           "--config.data.crop_first_frame_prob=0.0", "--config.train.checkpoint_every=2",
+           "--config.train.log_every=2"]
+  for i, stage in enumerate(config.stages):
+    args += [f"--config.stages[{i}].{key}={stage[key]}" for key in stage]
+  result = subprocess.run([sys.executable, "-m", "videomar_jax.cli.main", *args],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          preexec_fn=_limit_file_size,
                           env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO})
-  assert result.returncode == 3, result.stdout + result.stderr
-  line = next(l for l in result.stdout.splitlines() if l.startswith("SAVE-ERROR"))
-  assert f"could not write checkpoint 10 to {workdir}/checkpoints" in line
-  assert "checkpoint 8 is intact" in line
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith("ERROR: ")]
+  assert len(errors) == 1, result.stderr
+  assert f"could not write checkpoint 10 to {workdir}/checkpoints" in errors[0]
+  assert "checkpoint 8 is intact" in errors[0]
   assert _steps(f"{workdir}/checkpoints") == [4, 6, 8]
   assert setup.restore_weights(workdir)[2] == 8  # and it still restores
   # With room again, the same run resumes from 8 and writes 10 (Orbax's leftover

@@ -399,7 +399,7 @@ def _quiet_libraries(handler, command: str):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
     if _want_traceback():
-      checkpoint_lib.QUIET_FAILED_RESTORES = False
+      checkpoint_lib.QUIET_IO_FAILURES = False
     else:
       # A failed checkpoint read leaves futures whose exceptions asyncio logs, with their
       # tracebacks, as they are collected: after the one-line report of that failure.

@@ -72,10 +72,10 @@ class CheckpointSaveError(UserError):
 
 # A failed Orbax restore abandons TensorStore reads whose completion callbacks later post to
 # a closed asyncio loop, each printing a traceback ("Event loop is closed") from native
-# threads, dozens in all. With this set (the CLI clears it for --verbosity=1 or
-# VIDEOMAR_TRACEBACK=1), restores that may fail run with the process's stderr silenced;
-# the failure itself is reported as one warning.
-QUIET_FAILED_RESTORES = True
+# threads, dozens in all; a failed save logs its writer threads' tracebacks. With this set
+# (the CLI clears it for --verbosity=1 or VIDEOMAR_TRACEBACK=1), restores that may fail and
+# saves run with the process's stderr silenced; a failure is then reported in one line.
+QUIET_IO_FAILURES = True
 
 
 @contextlib.contextmanager
@@ -127,11 +127,12 @@ class Checkpointer:
     meta = {"step": int(step), "stage": int(stage), "process_count": jax.process_count(),
             "config": config.to_json_best_effort()}
     try:
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=grain.checkpoint.CheckpointSave(data_iterator),
-          meta=ocp.args.JsonSave(meta)), force=True)
-      self.manager.wait_until_finished()
+      with _stderr_silenced(QUIET_IO_FAILURES):
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       # Orbax writes into a temporary folder and renames it when complete, so a failed save
       # leaves the previous checkpoint as it was.
@@ -190,7 +191,7 @@ class Checkpointer:
     damaged = []
     result, found = None, None
     for step in self.steps_newest_first():
-      with _stderr_silenced(QUIET_FAILED_RESTORES):
+      with _stderr_silenced(QUIET_IO_FAILURES):
         try:
           result, error = restore(step), None
         except UserError:
