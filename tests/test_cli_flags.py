@@ -90,5 +90,6 @@ def test_help_lists_the_command_flags_with_their_meaning_there():
 
 @pytest.mark.parametrize("command", sorted(command_flags.COMMAND_FLAGS))
 def test_usage_names_only_existing_flags(command):
-  text = command_flags.usage(command)
-  assert text.count("\n  --") >= len(command_flags.COMMAND_FLAGS[command])
+  text = command_flags.usage(command)  # a name absl does not define raises here
+  for name in command_flags.COMMAND_FLAGS[command]:
+    assert f"\n  --{name}: " in text

@@ -55,10 +55,6 @@ class Resolved:
   stages: tuple[StageShape, ...]
   total_steps: int
 
-  @property
-  def last_stage(self) -> StageShape:
-    return self.stages[-1]
-
 
 def stage_batch_size(config: ml_collections.ConfigDict, stage) -> int:
   """A stage's global batch size (`stage.batch_size` 0 means `config.batch_size`)."""

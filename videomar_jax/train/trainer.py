@@ -39,11 +39,6 @@ from videomar_jax.train.loop import NonFiniteLossError  # pylint: disable=unused
 from videomar_jax.train.state import TrainState
 from videomar_jax.train.workdir_lock import WorkdirLock
 
-def stage_bounds(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
-  """[start, end) global steps of every curriculum stage."""
-  return [(stage.start, stage.end) for stage in setup.resolve(config).stages]
-
-
 def validate(config: ml_collections.ConfigDict, tokenizer=None, mesh=None) -> None:
   """Config checks that would otherwise fail deep inside jit with an unclear message. `train`,
   `info`, `plan` and `bench train` all run them first. Without a built `tokenizer` its
