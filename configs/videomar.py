@@ -127,8 +127,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   # ---- Data.
   config.data = ml_collections.ConfigDict()
-  # "bouncing_balls" (built in, pixels) or "latents": a cache written once by
-  # `videomar data encode` (read from latents_dir; the tokenizer never runs in the step).
+  # "bouncing_balls" or "moving_mnist" (built in, pixels; configs/moving_mnist.py sets up the
+  # latter) or "latents": a cache written once by `videomar data encode` (read from
+  # latents_dir; the tokenizer never runs in the step).
   config.data.dataset = "bouncing_balls"
   config.data.data_dir = ""  # "" = <workdir>/data
   config.data.latents_dir = ""  # dataset "latents": the cache's directory
@@ -137,7 +138,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.data.num_test_clips = 64
   config.data.num_frames = 16
   config.data.resolution = 32
-  config.data.num_balls = 2
+  config.data.num_balls = 2  # bouncing_balls
+  config.data.num_digits = 2  # moving_mnist
   config.data.worker_count = 0
   # Probability that a training crop starts at the clip's first frame rather than at a
   # random one (the built-in clips start with the balls at rest, as evaluation does).

@@ -29,19 +29,22 @@ _MULTIHOST = {"distributed": "", "coordinator_address": "", "num_processes": "",
 COMMAND_FLAGS: dict[str, dict[str, str]] = {
     "train": {"config": "", "workdir": "", **_MULTIHOST},
     "data build": {
-        "dataset": "Dataset to build: bouncing_balls.",
+        "dataset": "Dataset to build: bouncing_balls or moving_mnist.",
         "data_dir": "Where to write the dataset.",
         "num_train_clips": "", "num_test_clips": "",
-        "num_frames": "Frames per stored clip (0 = 16).",
-        "resolution": "Frame size of the stored clips (square).",
-        "num_balls": ""},
+        "num_frames": "Frames per stored clip (0 = 16; moving_mnist: 20).",
+        "resolution": "Frame size of the stored clips (square; bouncing_balls).",
+        "num_balls": "", "num_digits": ""},
     "info": {"config": "", "info_num_frames": ""},
     "evaluate": {
         "workdir": "The run to score (its latest checkpoint, EMA weights).",
         "num_examples": "", "report_name": "", "seed": "Sampling seed (with no --seeds).",
         "seeds": "",
-        "num_frames": "Frames of each generated video, the given one included (0 = the last "
+        "num_frames": "Frames of each generated video, the given ones included (0 = the last "
                       "curriculum stage's).",
+        "num_given": "True frames given before generating (0 = the dataset's protocol: 1, "
+                     "Moving MNIST 10).",
+        "fvd_detector": "",
         **_SAMPLER},
     "sample": {
         "workdir": "A run directory (its latest checkpoint).",

@@ -1,9 +1,9 @@
 """The `videomar` command line.
 
   videomar train --config=configs/videomar.py:tiny --workdir=DIR [--config.key=value ...]
-  videomar data build --dataset=bouncing_balls --data_dir=DIR [--num_train_clips=...]
+  videomar data build --dataset=bouncing_balls|moving_mnist --data_dir=DIR [--num_train_clips=...]
   videomar info --config=configs/videomar.py:paper
-  videomar evaluate --workdir=DIR [--num_examples=8 --num_steps=16]
+  videomar evaluate --workdir=DIR [--num_examples=8 --num_steps=16 --num_given --fvd_detector]
   videomar sample (--workdir=DIR | --checkpoint=PATH) (--image=cond.png | --video=cond.mp4)
       --out=out.mp4 [--num_frames --num_steps --cfg --temperature --seed --save_latents]
   videomar bench sampler --config=configs/videomar.py:tiny --json=out.json
@@ -55,6 +55,10 @@ _NUM_FRAMES = flags.DEFINE_integer(
 _RESOLUTION = flags.DEFINE_integer("resolution", 32, "data build / encode: frame size "
                                    "(square).")
 _NUM_BALLS = flags.DEFINE_integer("num_balls", 2, "data build: balls per clip.")
+_NUM_DIGITS = flags.DEFINE_integer("num_digits", 2, "data build: Moving MNIST digits per clip.")
+_FVD_DETECTOR = flags.DEFINE_string(
+    "fvd_detector", "", "evaluate: a TorchScript video detector (e.g. the I3D file of the "
+    "FVD literature) for the Frechet video distance; nothing is downloaded.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "sample: a run directory or one of "
                                   "its checkpoints/<step> folders (instead of --workdir); "
                                   "tokenizer encode/decode: a tokenizer directory.")
@@ -133,13 +137,23 @@ def cmd_train(_):
 
 
 def cmd_data_build(_):
-  from videomar_jax.data import bouncing_balls  # pylint: disable=g-import-not-at-top
-  if _DATASET.value != "bouncing_balls":
-    raise app.UsageError(f"unknown --dataset={_DATASET.value!r}; built-in: bouncing_balls.")
+  from videomar_jax.data import bouncing_balls, moving_mnist  # pylint: disable=g-import-not-at-top
+  if _DATASET.value not in ("bouncing_balls", "moving_mnist"):
+    raise app.UsageError(f"unknown --dataset={_DATASET.value!r}; built-in: bouncing_balls, "
+                         "moving_mnist.")
   data_dir = _require(_DATA_DIR, "data build")
-  builder = bouncing_balls.build(
-      data_dir, num_train_clips=_NUM_TRAIN.value, num_test_clips=_NUM_TEST.value,
-      num_frames=_NUM_FRAMES.value or 16, resolution=_RESOLUTION.value, num_balls=_NUM_BALLS.value)
+  if _DATASET.value == "moving_mnist":
+    # The protocol's sizes (those configs/moving_mnist.py trains on) unless set here.
+    given = {name: flags.FLAGS[name].value for name in ("num_train_clips", "num_test_clips")
+             if flags.FLAGS[name].present}
+    if _NUM_FRAMES.value:
+      given["num_frames"] = _NUM_FRAMES.value
+    builder = moving_mnist.build(data_dir, num_digits=_NUM_DIGITS.value, **given)
+  else:
+    builder = bouncing_balls.build(
+        data_dir, num_train_clips=_NUM_TRAIN.value, num_test_clips=_NUM_TEST.value,
+        num_frames=_NUM_FRAMES.value or 16, resolution=_RESOLUTION.value,
+        num_balls=_NUM_BALLS.value)
   print(f"Built {builder.name}/{builder.builder_config.name} in {builder.data_dir}: "
         f"{ {k: v.num_examples for k, v in builder.info.splits.items()} }", flush=True)
 
@@ -192,7 +206,8 @@ def cmd_evaluate(_):
     metrics = evaluate_run(workdir, setup.restore_weights(workdir),
                            num_examples=_NUM_EXAMPLES.value,
                            num_frames=_NUM_FRAMES.value, num_steps=_NUM_STEPS.value,
-                           seeds=seeds, sampler=sampler, out_name=_REPORT_NAME.value)
+                           seeds=seeds, sampler=sampler, out_name=_REPORT_NAME.value,
+                           num_given=_NUM_GIVEN.value, fvd_detector=_FVD_DETECTOR.value)
   except EvaluateInputError as e:
     raise app.UsageError(str(e)) from None
   print(json.dumps({k: v for k, v in metrics.items() if k != "per_seed"}, indent=2),
