@@ -30,7 +30,10 @@ setup(
     ],
     extras_require={
         # pytest-xdist: launch/test.sh runs the suite on every core (2 here, ~1.8x faster).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
+        # nbclient, nbformat, ipykernel: tests/test_notebook.py executes
+        # notebooks/quickstart.ipynb in a kernel of the test's interpreter.
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29"],
         # Any torch from 2.4 on; an installed one (Colab's, say) is kept. Without one, pip
         # takes PyPI's default build, on Linux a CUDA build of several GB: install the CPU
         # wheel first from PyTorch's CPU index (README, "PyTorch"); launch/_env.sh does.
