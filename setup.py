@@ -6,7 +6,12 @@ setup(
     version="0.1.0",
     description="JAX/Flax reimplementation of VideoMAR: decoder-only masked autoregressive "
     "image-to-video generation with continuous tokens.",
-    packages=find_packages(include=["videomar_jax", "videomar_jax.*"]),
+    # The top-level configs/ folder ships inside the package as videomar_jax.configs, so an
+    # installed package (`pip install .`, no checkout) has them: `--config=videomar:tiny`
+    # (videomar_jax/config_files.py finds them installed or in the checkout).
+    packages=find_packages(include=["videomar_jax", "videomar_jax.*"])
+    + ["videomar_jax.configs"],
+    package_dir={"videomar_jax.configs": "configs"},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35",
@@ -36,8 +41,10 @@ setup(
         # pytest-xdist: launch/test.sh runs the suite on every core (2 here, ~1.8x faster).
         # nbclient, nbformat, ipykernel: tests/test_notebook.py executes
         # notebooks/quickstart.ipynb in a kernel of the test's interpreter.
+        # setuptools: tests/test_packaging.py builds the wheel offline (no build isolation),
+        # and from 70.1 on setuptools writes wheels without the `wheel` package.
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "nbclient>=0.10",
-                 "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbformat>=5.10", "ipykernel>=6.29", "setuptools>=70.1"],
         # Any torch from 2.4 on; an installed one (Colab's, say) is kept. Without one, pip
         # takes PyPI's default build, on Linux a CUDA build of several GB: install the CPU
         # wheel first from PyTorch's CPU index (README, "PyTorch"); launch/_env.sh does.

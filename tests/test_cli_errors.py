@@ -117,3 +117,24 @@ def test_a_missing_config_file_is_one_line(tmp_path):
 def test_an_unknown_preset_is_one_line():
   line = _one_error_line(_cli("info", "--config=configs/videomar.py:huge"))
   assert "unknown preset 'huge'; choose one of ['base', 'paper', 'small', 'tiny'" in line
+
+
+# Short names of the packaged configs (videomar_jax/config_files.py): the same file, the
+# same messages, and a name that names nothing is one line listing the names.
+
+def test_a_short_config_name_is_the_packaged_file_with_its_overrides():
+  result = _cli("info", "--config", "small", "--config.model.depth=2")
+  assert result.returncode == 0, result.stderr
+  assert "config preset: small" in result.stdout
+  line = _one_error_line(_cli("info", "--config=videomar:tiny", "--config.optim.lrr=3e-3"))
+  assert line.startswith("ERROR: --config.optim.lrr: config.optim has no key 'lrr'")
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("videomr:tiny", "--config=videomr:tiny: 'videomr' is neither a file nor a packaged "
+     "config; the packaged configs are tokenizer, videomar"),
+    ("huge", "unknown preset 'huge'; choose one of ['base', 'paper', 'small', 'tiny'"),
+])
+def test_a_short_name_that_names_nothing_is_one_line_listing_the_configs(spec, expected):
+  line = _one_error_line(_cli("info", f"--config={spec}"))
+  assert expected in line and "the packaged configs are tokenizer, videomar" in line

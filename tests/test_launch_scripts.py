@@ -1,12 +1,14 @@
 """launch/tpu_pod.sh and launch/gpu.sh under --dry_run: the commands they would run, the
-flags they require, and the arguments they pass through to `videomar train`.
+flags they require, and the arguments they pass through to `videomar train`; and the
+installs launch/_env.sh makes.
 
 No network and no gcloud: a fake `gcloud` and `nvidia-smi` first on PATH record any call,
-and a dry run must make none.
+and a dry run must make none; _env.sh meets a fake `.venv/bin/python` that logs its calls.
 """
 
 import os
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -193,3 +195,58 @@ def test_gpu_requires_workdir(fake_path):
   result = _run(fake_path, GPU, "--dry_run", "--", *PASSTHROUGH)
   assert result.returncode != 0 and "--workdir" in result.stderr
   assert not result.stdout
+
+
+# ---------------------------------------------------------------------------- _env.sh
+
+FAKE_PYTHON = """#!/bin/sh
+echo "$@" >> "$(dirname "$0")/../../calls.txt"
+if [ "$1 $2" = "-c import torch" ] && [ -n "${NO_TORCH:-}" ]; then exit 1; fi
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path):
+  """setup.py and launch/ of this checkout, with a `.venv/bin/python` that logs its calls."""
+  root = tmp_path / "repo"
+  (root / ".venv" / "bin").mkdir(parents=True)
+  shutil.copytree(os.path.join(REPO, "launch"), root / "launch")
+  shutil.copy(os.path.join(REPO, "setup.py"), root / "setup.py")
+  python = root / ".venv" / "bin" / "python"
+  python.write_text(FAKE_PYTHON)
+  python.chmod(0o755)
+  return root
+
+
+def _source_env(root, **env) -> list[str]:
+  """The python calls (pip installs) one `source launch/_env.sh` makes."""
+  calls = root / "calls.txt"
+  calls.unlink(missing_ok=True)
+  subprocess.run(["bash", "-c", "source launch/_env.sh"], cwd=root, check=True, timeout=60,
+                 env={**os.environ, **env})
+  return calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_env_installs_with_the_constraints_again_when_they_change(checkout):
+  install = "-m pip install -q -c launch/constraints.txt -e .[test,torch]"
+  calls = _source_env(checkout)
+  assert calls[-1] == install and "-c import torch" in calls
+  assert _source_env(checkout) == []  # installed: the stamp is there
+  with open(checkout / "launch" / "constraints.txt", "a") as f:
+    f.write("six==1.17.0\n")
+  assert _source_env(checkout)[-1] == install
+  assert len(list((checkout / ".venv").glob(".videomar_installed_*"))) == 1
+  # Without the constraints (VIDEOMAR_CONSTRAINTS= ), a plain install.
+  assert _source_env(checkout, VIDEOMAR_CONSTRAINTS="")[-1] == "-m pip install -q -e .[test,torch]"
+
+
+def test_env_installs_the_tested_torch_first_when_there_is_none(checkout):
+  calls = _source_env(checkout, NO_TORCH="1")
+  torch = [c for c in calls if "torch==" in c]
+  assert torch == ["-m pip install -q --retries 0 --timeout 20 torch==2.13.0 --index-url "
+                   "https://download.pytorch.org/whl/cpu"], calls
+  assert calls.index(torch[0]) < calls.index(
+      "-m pip install -q -c launch/constraints.txt -e .[test,torch]")
+  # Constraints leave torch to this step: a pin there would fight $VIDEOMAR_TORCH.
+  constraints = (checkout / "launch" / "constraints.txt").read_text().splitlines()
+  assert not [l for l in constraints if l.lower().startswith(("torch=", "nvidia-", "triton"))]

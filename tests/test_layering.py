@@ -15,6 +15,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "videomar_jax"
 # folder -> the folders it may import (besides itself). Bottom first.
 ALLOWED = {
     "errors": set(),
+    # Finds the config files shipped with the package (they are loaded by path, as user
+    # files are: not imports).
+    "config_files": {"errors"},
     "io": {"errors"},
     "diffusion": {"errors"},
     "models": {"errors", "io", "diffusion"},
@@ -29,8 +32,8 @@ ALLOWED = {
     "interop": {"errors", "io", "diffusion", "models", "tokenizers", "train"},
     "tools": {"errors", "io", "diffusion", "models", "losses", "tokenizers", "data",
               "parallel", "train", "sampling"},
-    "cli": {"errors", "io", "diffusion", "models", "losses", "tokenizers", "data",
-            "parallel", "train", "sampling", "eval", "interop", "tools"},
+    "cli": {"errors", "config_files", "io", "diffusion", "models", "losses", "tokenizers",
+            "data", "parallel", "train", "sampling", "eval", "interop", "tools"},
 }
 
 

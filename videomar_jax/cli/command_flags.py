@@ -83,7 +83,8 @@ COMMAND_FLAGS: dict[str, dict[str, str]] = {
     "tokenizer encode": {"checkpoint": "A tokenizer directory.", "input": "", "output": ""},
     "tokenizer decode": {"checkpoint": "A tokenizer directory.", "input": "", "output": "",
                          "fps": ""},
-    "tokenizer train": {"config": "A tokenizer config (configs/tokenizer.py:...).",
+    "tokenizer train": {"config": "A tokenizer config: tokenizer:VARIANT (packaged) or a "
+                        "file's path[:ARG].",
                         "workdir": ""},
     "data encode": {
         "tokenizer": "", "dataset": "bouncing_balls, or folder:PATH of videos.",

@@ -5,41 +5,53 @@ loaded (the presets are locked, so a typo in a file built from one fails there).
 absl parses the flags, and ml_collections applies the overrides while it does; their
 errors arrive as chained tracebacks with escaped quotes. `run_reporting_config_errors`
 turns such an error into `ERROR: <what and where>` (exit 1).
+
+A `--config` value may be a short name of a packaged config (`tiny`, `videomar:small`,
+`tokenizer:ARG`; see videomar_jax/config_files.py): absl gets the file's path, and the
+messages say what the user typed.
 """
 
 import difflib
-import importlib.util
 import os
 import re
 import sys
 import traceback
 
+from videomar_jax import config_files
 from videomar_jax.errors import ConfigError
 
 _INDEX = re.compile(r"\[(-?\d+)\]")
-# The presets a config file is checked against (the repo's configs/ folder).
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs")
 
 
 def run_reporting_config_errors(run_app, argv: list[str], want_traceback) -> None:
-  """`run_app(started)` runs absl's app (which parses argv, then calls the command, which
-  must call `started()` first). An exception raised before the command started came from
-  parsing the flags, i.e. from the config: it prints as one line (exit 1) unless a
-  traceback was asked for (`want_traceback()` or --verbosity>=1)."""
+  """`run_app(started, argv)` runs absl's app on argv (which it parses, then calls the
+  command, which must call `started()` first); it gets argv with a short `--config` name
+  replaced by the packaged file's path. An exception raised before the command started
+  came from parsing the flags, i.e. from the config: it prints as one line (exit 1) unless
+  a traceback was asked for (`want_traceback()` or --verbosity>=1)."""
   state = {"started": False}
   spec = _config_spec(argv)
   quiet = not (want_traceback() or _verbosity(argv) >= 1)
-  if spec is not None and quiet and os.path.isfile(spec.partition(":")[0]):
-    # absl reports a config file that raises (an unknown preset, a typo at some line) as a
-    # multi-line FATAL with the traceback inside: load it first, and say it in one line.
+  app_argv = argv
+  if spec is not None:
     try:
-      _load(spec)
-    except Exception as e:  # pylint: disable=broad-except
-      print(f"ERROR: {describe(argv, e)}", file=sys.stderr, flush=True)
+      resolved = config_files.resolve(spec)
+    except ConfigError as e:  # a short name that names nothing
+      if not quiet:
+        raise
+      print(f"ERROR: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
+    app_argv = _with_config_spec(argv, resolved)
+    if quiet and os.path.isfile(resolved.partition(":")[0]):
+      # absl reports a config file that raises (an unknown preset, a typo at some line) as
+      # a multi-line FATAL with the traceback inside: load it first, say it in one line.
+      try:
+        config_files.load_file(resolved)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"ERROR: {describe(argv, e)}", file=sys.stderr, flush=True)
+        sys.exit(1)
   try:
-    run_app(lambda: state.update(started=True))
+    run_app(lambda: state.update(started=True), app_argv)
   except Exception as e:  # pylint: disable=broad-except
     if state["started"] or want_traceback() or _verbosity(argv) >= 1:
       raise
@@ -72,12 +84,17 @@ def _config_spec(argv: list[str]) -> str | None:
   return None
 
 
-def _load(spec: str):
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_videomar_user_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+def _with_config_spec(argv: list[str], spec: str) -> list[str]:
+  """argv with its (first) `--config` value replaced by `spec`."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = f"--config={spec}"
+      return out
+    if arg == "--config" and i + 1 < len(out):
+      out[i + 1] = spec
+      return out
+  return out
 
 
 def _suggest(name: str, options) -> str:
@@ -111,16 +128,23 @@ def describe(argv: list[str], error: BaseException) -> str:
   spec = _config_spec(argv)
   if spec is None:
     return f"{type(error).__name__}: {_clean(error)}"
-  path = spec.partition(":")[0]
-  if not os.path.isfile(path):
-    return f"--config={spec}: no config file at {path}."
   try:
-    config = _load(spec)
+    resolved = config_files.resolve(spec)
+  except ConfigError as e:
+    return str(e)
+  path = resolved.partition(":")[0]
+  if not os.path.isfile(path):
+    return f"--config={spec}: no config file at {path}; {config_files.hint()}."
+  try:
+    config = config_files.load_file(resolved)
   except Exception as load_error:  # pylint: disable=broad-except
     line = next((f.lineno for f in reversed(traceback.extract_tb(load_error.__traceback__))
                  if os.path.abspath(f.filename) == os.path.abspath(path)), None)
     where = f"{path}, line {line}" if line else path
-    return f"--config={spec}: {where}: {_clean(load_error)}"
+    bare = config_files.is_short_name(spec) and ":" not in spec and spec not in (
+        config_files.names())
+    also = f" ({config_files.hint()})" if bare else ""
+    return f"--config={spec}: {where}: {_clean(load_error)}{also}"
   for arg in argv:
     if arg.startswith("--config."):
       try:
@@ -158,7 +182,7 @@ def check_schema(config, base) -> None:
             if len(unknown) > 1 else "")
     hint = _suggest(key.rpartition(".")[2], siblings)
     raise ConfigError(f"config key {key!r} is not a setting{hint}{more}; the settings are "
-                      f"those of the presets in {CONFIGS_DIR}.")
+                      f"those of the presets in {config_files.configs_dir()}.")
   if missing:
     raise ConfigError(f"the config lacks {len(missing)} setting(s) the presets have: "
                       f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; build it "
@@ -167,12 +191,12 @@ def check_schema(config, base) -> None:
 
 def base_config(config):
   """The preset a VideoMAR config is checked against: its own `preset`, else `tiny`; None
-  when the repo's configs/ folder is not at hand."""
-  path = os.path.join(CONFIGS_DIR, "videomar.py")
-  if not os.path.exists(path):
+  when the package has no configs (see config_files.configs_dir)."""
+  path = config_files.packaged_path("videomar")
+  if path is None:
     return None
   preset = config.get("preset", "tiny")
   try:
-    return _load(f"{path}:{preset}")
+    return config_files.load_file(f"{path}:{preset}")
   except ValueError:  # a preset name of the user's own: compare with `tiny`
-    return _load(f"{path}:tiny")
+    return config_files.load_file(f"{path}:tiny")

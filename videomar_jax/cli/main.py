@@ -18,7 +18,9 @@
 
 Flags are absl flags; `--config` is an `ml_collections` config file (`path[:arg]`) whose
 fields can be overridden with `--config.key=value`. The config is locked: unknown keys are
-errors.
+errors. The configs that ship with the package have short names (videomar_jax/
+config_files.py): `--config=tiny` or `--config=videomar:tiny` is configs/videomar.py:tiny,
+`--config=tokenizer:ARG` is configs/tokenizer.py:ARG, wherever the package is installed.
 """
 
 import json
@@ -40,8 +42,9 @@ COMMANDS = ("train", "data build", "info", "evaluate", "sample", "bench sampler"
             "tokenizer convert",
             "tokenizer encode", "tokenizer decode", "tokenizer train", "data encode")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path[:arg]`.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config: a file's `path[:arg]`, or a packaged one by name: `tiny` (a "
+    "videomar preset), `videomar:small`, `tokenizer:VARIANT`.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs).")
 _DATASET = flags.DEFINE_string("dataset", "bouncing_balls", "data build / encode: dataset "
                                "(data encode also takes folder:PATH of videos).")
@@ -398,11 +401,11 @@ def run(argv=None):
   full_argv = [f"{prog} {command}"] + rest
   handler = _quiet_libraries(HANDLERS[command], command)
 
-  def run_app(started):
+  def run_app(started, app_argv):
     def main(args):
       started()
       return handler(args)
-    app.run(main, argv=full_argv)
+    app.run(main, argv=app_argv)
   config_errors.run_reporting_config_errors(run_app, full_argv, _want_traceback)
 
 

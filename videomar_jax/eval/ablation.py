@@ -30,11 +30,11 @@ import numpy as np
 
 from videomar_jax.eval import experiments
 
-# The recipe every training starts from (the repo's `tiny` preset; `--config` picks another).
+# The recipe every training starts from (the packaged `tiny` preset, which the CLI finds
+# installed or in a checkout; `--config` picks another).
 # The CLI of this interpreter's videomar_jax (a `videomar` on PATH may be another install's).
 VIDEOMAR = (sys.executable, "-m", "videomar_jax.cli.main")
-BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "videomar.py") + ":tiny"
+BASE_CONFIG = "videomar:tiny"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +258,8 @@ def main(argv=None) -> int:
   parser.add_argument("--num_frames", type=int, default=8, help="evaluation clip length")
   parser.add_argument("--num_examples", type=int, default=64, help="held-out clips")
   parser.add_argument("--seeds", default="0,1", help="sampling seeds")
-  parser.add_argument("--config", default=BASE_CONFIG, help="the recipe, `path[:preset]`")
+  parser.add_argument("--config", default=BASE_CONFIG,
+                      help="the recipe: `videomar:PRESET` or a file's `path[:preset]`")
   args, extra = parser.parse_known_args(argv)
   extra = [a for a in extra if a != "--"]
   if args.jobs < 1:
