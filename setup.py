@@ -28,6 +28,7 @@ setup(
         "imageio>=2.34",
         "imageio-ffmpeg>=0.5",  # ships its own ffmpeg binary: MP4 without a system ffmpeg
         "pillow>=10",
+        "av>=12",  # PyAV: decodes a folder of videos a frame at a time (data.dataset=folder)
         "matplotlib>=3.8",
         "dm-pix>=0.4",  # SSIM in `videomar evaluate`
         "safetensors>=0.6",  # memory-mapped checkpoint reading, bfloat16 through NumPy

@@ -128,12 +128,21 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # ---- Data.
   config.data = ml_collections.ConfigDict()
   # "bouncing_balls" or "moving_mnist" (built in, pixels; configs/moving_mnist.py sets up the
-  # latter) or "latents": a cache written once by `videomar data encode` (read from
-  # latents_dir; the tokenizer never runs in the step).
+  # latter), "folder" (your videos in `path`, built once into data_dir) or "latents": a cache
+  # written once by `videomar data encode` (read from latents_dir; the tokenizer never runs
+  # in the step).
   config.data.dataset = "bouncing_balls"
   config.data.data_dir = ""  # "" = <workdir>/data
   config.data.latents_dir = ""  # dataset "latents": the cache's directory
-  config.data.random_flip = True  # dataset "latents": pick a cached mirrored copy half the time
+  # "latents": pick a cached mirrored copy half the time; "folder": mirror the training crops
+  # half the time.
+  config.data.random_flip = True
+  # dataset "folder": a folder of MP4/WebM/MKV/AVI/MOV/GIF files and folders of numbered
+  # PNG/JPEG frames, searched recursively; stored as clips of num_frames frames.
+  config.data.path = ""
+  config.data.frame_stride = 1  # "folder": keep every n-th frame of a video
+  config.data.test_fraction = 0.1  # "folder": share of the files held out (>= 1 file of 2+)
+  config.data.max_clips_per_file = 0  # "folder": clips taken from a file's start (0 = all)
   config.data.num_train_clips = 1024
   config.data.num_test_clips = 64
   config.data.num_frames = 16

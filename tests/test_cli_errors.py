@@ -132,9 +132,9 @@ def test_a_short_config_name_is_the_packaged_file_with_its_overrides():
 
 @pytest.mark.parametrize("spec, expected", [
     ("videomr:tiny", "--config=videomr:tiny: 'videomr' is neither a file nor a packaged "
-     "config; the packaged configs are tokenizer, videomar"),
+     "config; the packaged configs are moving_mnist, tokenizer, videomar"),
     ("huge", "unknown preset 'huge'; choose one of ['base', 'paper', 'small', 'tiny'"),
 ])
 def test_a_short_name_that_names_nothing_is_one_line_listing_the_configs(spec, expected):
   line = _one_error_line(_cli("info", f"--config={spec}"))
-  assert expected in line and "the packaged configs are tokenizer, videomar" in line
+  assert expected in line and "the packaged configs are moving_mnist, tokenizer, videomar" in line

@@ -81,8 +81,10 @@ def test_a_flag_of_another_command_is_one_error_line():
 def test_help_lists_the_command_flags_with_their_meaning_there():
   build = _cli("data", "build", "--help")
   assert build.returncode == 0, build.stderr
-  assert "--num_frames: Frames per stored clip (0 = 16; moving_mnist: 20)." in build.stdout
-  assert "--image" not in build.stdout and "--config:" not in build.stdout
+  assert ("--num_frames: Frames per stored clip (0 = config.data.num_frames, 16; "
+          "moving_mnist: 20)." in build.stdout)
+  assert "--path: The folder of videos (--dataset=folder)" in build.stdout
+  assert "--image" not in build.stdout and "--workdir" not in build.stdout
   sample = _cli("sample", "--help")
   assert "--num_frames: Frames of the output video, given ones included" in sample.stdout
   assert "--num_balls" not in sample.stdout

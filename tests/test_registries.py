@@ -54,7 +54,7 @@ def test_an_unknown_data_source_names_the_known_ones():
   config = small_config()
   config.data.dataset = "bouncing_bals"
   with pytest.raises(ConfigError, match=r"'bouncing_bals' is not known; known: "
-                                        r"\['bouncing_balls', 'latents'"):
+                                        r"\['bouncing_balls', 'folder', 'latents'"):
     trainer.validate(config)
 
 

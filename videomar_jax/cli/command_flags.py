@@ -29,11 +29,19 @@ _MULTIHOST = {"distributed": "", "coordinator_address": "", "num_processes": "",
 COMMAND_FLAGS: dict[str, dict[str, str]] = {
     "train": {"config": "", "workdir": "", **_MULTIHOST},
     "data build": {
-        "dataset": "Dataset to build: bouncing_balls or moving_mnist.",
-        "data_dir": "Where to write the dataset.",
+        "dataset": "Dataset to build: bouncing_balls, moving_mnist, or folder (your "
+                   "videos, --path).",
+        "data_dir": "Where to write the dataset (default: config.data.data_dir).",
+        "config": "Optional: take the settings from this config's config.data (flags given "
+                  "here win).",
+        "path": "The folder of videos (--dataset=folder), searched recursively.",
+        "frame_stride": "Keep every n-th frame of a video (--dataset=folder; 0 = "
+                        "config.data.frame_stride, 1).",
         "num_train_clips": "", "num_test_clips": "",
-        "num_frames": "Frames per stored clip (0 = 16; moving_mnist: 20).",
-        "resolution": "Frame size of the stored clips (square; bouncing_balls).",
+        "num_frames": "Frames per stored clip (0 = config.data.num_frames, 16; moving_mnist: "
+                      "20).",
+        "resolution": "Frame size of the training clips (square; a folder's are stored "
+                      "12.5% larger, for random crops).",
         "num_balls": "", "num_digits": ""},
     "info": {"config": "", "info_num_frames": ""},
     "evaluate": {

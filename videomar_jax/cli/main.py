@@ -2,6 +2,8 @@
 
   videomar train --config=configs/videomar.py:tiny --workdir=DIR [--config.key=value ...]
   videomar data build --dataset=bouncing_balls|moving_mnist --data_dir=DIR [--num_train_clips=...]
+  videomar data build --dataset=folder --path=VIDEOS --data_dir=DIR [--num_frames --resolution
+      --frame_stride] [--config=configs/videomar.py:tiny --config.data.KEY=VALUE ...]
   videomar info --config=configs/videomar.py:paper
   videomar evaluate --workdir=DIR [--num_examples=8 --num_steps=16 --num_given --fvd_detector]
   videomar sample (--workdir=DIR | --checkpoint=PATH) (--image=cond.png | --video=cond.mp4)
@@ -47,8 +49,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "videomar preset), `videomar:small`, `tokenizer:VARIANT`.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs).")
 _DATASET = flags.DEFINE_string("dataset", "bouncing_balls", "data build / encode: dataset "
-                               "(data encode also takes folder:PATH of videos).")
+                               "(data build also takes folder with --path, data encode "
+                               "folder:PATH of videos).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where `data build` writes the dataset.")
+_PATH = flags.DEFINE_string("path", None, "data build --dataset=folder: the folder of videos.")
+_FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 0, "data build --dataset=folder: keep "
+                                     "every n-th frame (0 = config.data.frame_stride, 1).")
 _NUM_TRAIN = flags.DEFINE_integer("num_train_clips", 1024, "data build: training clips.")
 _NUM_TEST = flags.DEFINE_integer("num_test_clips", 64, "data build: held-out clips.")
 _NUM_FRAMES = flags.DEFINE_integer(
@@ -139,26 +145,77 @@ def cmd_train(_):
   print(json.dumps(summary), flush=True)
 
 
+def _build_settings(defaults: dict, given: dict) -> dict:
+  """`data build`'s settings: `defaults`, then `--config`'s config.data (with its
+  --config.data.KEY overrides), then the flags in `given` set on the command line (a 0
+  is not set)."""
+  settings = dict(defaults)
+  if _CONFIG.value is not None:
+    config = _require(_CONFIG, "data build")
+    settings.update({key: config.data[key] for key in settings if key in config.data})
+  settings.update({key: flag.value for key, flag in given.items()
+                   if flag.present and flag.value not in (None, 0)})
+  return settings
+
+
 def cmd_data_build(_):
+  if _DATASET.value == "folder":
+    _build_folder()
+    return
   from videomar_jax.data import bouncing_balls, moving_mnist  # pylint: disable=g-import-not-at-top
   if _DATASET.value not in ("bouncing_balls", "moving_mnist"):
     raise app.UsageError(f"unknown --dataset={_DATASET.value!r}; built-in: bouncing_balls, "
-                         "moving_mnist.")
-  data_dir = _require(_DATA_DIR, "data build")
+                         "moving_mnist, folder (with --path).")
   if _DATASET.value == "moving_mnist":
-    # The protocol's sizes (those configs/moving_mnist.py trains on) unless set here.
-    given = {name: flags.FLAGS[name].value for name in ("num_train_clips", "num_test_clips")
-             if flags.FLAGS[name].present}
-    if _NUM_FRAMES.value:
-      given["num_frames"] = _NUM_FRAMES.value
-    builder = moving_mnist.build(data_dir, num_digits=_NUM_DIGITS.value, **given)
+    # The protocol's sizes (those configs/moving_mnist.py trains on) unless set.
+    defaults = {"data_dir": None, "num_train_clips": 10000, "num_test_clips": 1000,
+                "num_frames": 20, "num_digits": _NUM_DIGITS.default}
+    given = {"data_dir": _DATA_DIR, "num_train_clips": _NUM_TRAIN, "num_test_clips": _NUM_TEST,
+             "num_frames": _NUM_FRAMES, "num_digits": _NUM_DIGITS}
+    build = moving_mnist.build
   else:
-    builder = bouncing_balls.build(
-        data_dir, num_train_clips=_NUM_TRAIN.value, num_test_clips=_NUM_TEST.value,
-        num_frames=_NUM_FRAMES.value or 16, resolution=_RESOLUTION.value,
-        num_balls=_NUM_BALLS.value)
+    defaults = {"data_dir": None, "num_train_clips": _NUM_TRAIN.default,
+                "num_test_clips": _NUM_TEST.default, "num_frames": 16,
+                "resolution": _RESOLUTION.default, "num_balls": _NUM_BALLS.default}
+    given = {"data_dir": _DATA_DIR, "num_train_clips": _NUM_TRAIN, "num_test_clips": _NUM_TEST,
+             "num_frames": _NUM_FRAMES, "resolution": _RESOLUTION, "num_balls": _NUM_BALLS}
+    build = bouncing_balls.build
+  settings = _build_settings(defaults, given)
+  data_dir = settings.pop("data_dir")
+  if not data_dir:
+    raise app.UsageError("data build needs --data_dir (or config.data.data_dir).")
+  builder = build(data_dir, **settings)
   print(f"Built {builder.name}/{builder.builder_config.name} in {builder.data_dir}: "
         f"{ {k: v.num_examples for k, v in builder.info.splits.items()} }", flush=True)
+
+
+def _build_folder():
+  """`data build --dataset=folder`: the clips of a folder of videos (`data.video_folder`)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from videomar_jax.data import video_folder  # pylint: disable=g-import-not-at-top
+  defaults = {f.name: f.default for f in dataclasses.fields(video_folder.FolderSettings)}
+  settings = _build_settings(
+      {**defaults, "path": None, "data_dir": None},
+      {"path": _PATH, "data_dir": _DATA_DIR, "num_frames": _NUM_FRAMES,
+       "resolution": _RESOLUTION, "frame_stride": _FRAME_STRIDE})
+  data_dir = settings.pop("data_dir")
+  if not settings["path"]:
+    raise app.UsageError("data build --dataset=folder needs --path (the folder of videos).")
+  if not data_dir:
+    raise app.UsageError("data build --dataset=folder needs --data_dir (or "
+                         "config.data.data_dir): where the dataset is written.")
+  folder = video_folder.FolderSettings(**{**settings,
+                                          "path": os.path.abspath(settings["path"])})
+  folder.check()
+  directory = video_folder.build(folder, os.path.abspath(data_dir))
+  counts = video_folder.split_sizes(directory)
+  overrides = " ".join(f"--config.data.{key}={getattr(folder, key)}" for key in
+                       ("path", "num_frames", "resolution", "frame_stride", "test_fraction",
+                        "max_clips_per_file")
+                       if key not in ("test_fraction", "max_clips_per_file")
+                       or getattr(folder, key) != defaults[key])
+  print(f"Dataset {directory}: {counts} clips. Train on it with --config.data.dataset=folder "
+        f"{overrides} --config.data.data_dir={os.path.abspath(data_dir)}", flush=True)
 
 
 def cmd_info(_):

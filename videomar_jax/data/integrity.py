@@ -18,7 +18,8 @@ class DatasetFileError(UserError):
   """A dataset file that is missing or cannot be read."""
 
 
-def _reason(error: BaseException, limit: int = 200) -> str:
+def reason(error: BaseException, limit: int = 200) -> str:
+  """An error as one line of at most about `limit` characters."""
   text = " ".join(f"{type(error).__name__}: {error}".split())
   return text if len(text) <= limit else text[:limit] + "..."
 
@@ -53,7 +54,7 @@ class CheckedSource:
     except Exception as e:  # pylint: disable=broad-except
       path, record = self.locate(int(index))
       raise DatasetFileError(
-          f"record {record} of {path} cannot be read ({_reason(e)}): the file is damaged. "
+          f"record {record} of {path} cannot be read ({reason(e)}): the file is damaged. "
           f"{self.rebuild_hint}") from e
 
   def __repr__(self) -> str:

@@ -51,6 +51,7 @@ import numpy as np
 from absl import flags
 
 __all__ = [
+    "RandomCropFlip",
     "RandomTemporalCrop",
     "Resize",
     "make_loader",
@@ -141,6 +142,40 @@ class RandomTemporalCrop(grain.transforms.RandomMap):
     out = {"video": np.asarray(frames[start:stop], dtype=np.uint8)}
     if "centres" in element:
       out["centres"] = np.asarray(element["centres"][start:stop], dtype=np.float32)
+    return out
+
+
+class RandomCropFlip(grain.transforms.RandomMap):
+  """Crops the same random ``size x size`` square out of every frame of ``video`` and, with
+  ``random_flip``, mirrors it left-right half the time (``centres`` follow).
+
+  For sources stored slightly larger than the training resolution (the video-folder
+  dataset): the crop jitters position and scale of what the model sees.
+  """
+
+  def __init__(self, size: int, random_flip: bool):
+    if size < 1:
+      raise ValueError(f"size must be >= 1, got {size}")
+    self.size = size
+    self.random_flip = random_flip
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    video = element["video"]
+    _, height, width, _ = video.shape
+    if height < self.size or width < self.size:
+      raise ValueError(f"frames of {height}x{width} are smaller than the {self.size}x"
+                       f"{self.size} crop")
+    top = int(rng.integers(0, height - self.size + 1))
+    left = int(rng.integers(0, width - self.size + 1))
+    flip = self.random_flip and bool(rng.integers(0, 2))
+    crop = video[:, top:top + self.size, left:left + self.size]
+    out = dict(element)
+    out["video"] = np.ascontiguousarray(crop[:, :, ::-1] if flip else crop)
+    if "centres" in element:
+      centres = np.asarray(element["centres"], np.float32) - np.float32([left, top])
+      if flip:
+        centres[..., 0] = self.size - 1 - centres[..., 0]
+      out["centres"] = centres
     return out
 
 
@@ -258,8 +293,9 @@ def make_loader(
     batch_rows: this process's rows of every global batch (ascending); default the
       contiguous block of shard ``shard_index`` (see ``parallel.partition``).
     transforms: per-record transforms replacing the crop and resize of video clips
-      (e.g. ``latent_cache.LatentCrop`` for cached latents); then ``num_frames`` and
-      ``resolution`` are not checked against the records.
+      (a data source's ``train_transforms``: ``latent_cache.LatentCrop`` for cached
+      latents, temporal crop + :class:`RandomCropFlip` + resize for a video folder);
+      then ``num_frames`` and ``resolution`` are not checked against the records.
     first_frame_prob: probability that a crop starts at frame 0 (see
       :class:`RandomTemporalCrop`).
 

@@ -3,8 +3,8 @@
 A source is random access (`len`, `[i]` -> a dict of numpy arrays), which is what the grain
 pipeline and its checkpointed iterator state need. Each entry says which key of a record
 the train step reads (`video`: uint8 pixels tokenized inside the step; `latents`: already
-tokenized) and how long its clips are, so the trainer checks a curriculum stage against it
-before any work.
+tokenized), how long its clips are, so the trainer checks a curriculum stage against it
+before any work, and which per-record transforms its training batches go through.
 
 Adding a data source is one `register_data_source(DataSource(...))` call and its tests.
 """
@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from videomar_jax.data import bouncing_balls, latent_cache, moving_mnist
+from videomar_jax.data import bouncing_balls, latent_cache, moving_mnist, pipeline, video_folder
 from videomar_jax.errors import ConfigError
 
 
@@ -30,9 +30,12 @@ class DataSource:
   batch_key: the record key the train step reads: "video" (uint8 [F, H, W, 3]) or "latents".
   clip_frames: config -> frames per stored clip (a stage may not ask for more), or None when
     the source checks its clips itself (cached latents are checked against the tokenizer).
-  pixel_test_split: (config, workdir) -> the test split as pixel clips (records with
-    `frames`, and ball `centres` and `colours` where the source has them), for
-    `videomar evaluate`; None if this source cannot be scored.
+  pixel_test_split: (config, workdir) -> the test split as pixel clips (`frames`; with ball
+    `centres` and `colours` where the source has them), for `videomar evaluate`; None if
+    this source cannot be scored.
+  train_transforms: (config, stage) -> the per-record grain transforms of a curriculum
+    stage's training batches (`stage` has `num_frames`, `resolution`, `latent_frames`), or
+    None for the pipeline's own temporal crop and resize of pixel clips.
   num_given_frames: frames its evaluation protocol gives the model (image-to-video: 1;
     Moving MNIST: 10 given, 10 predicted).
   """
@@ -41,6 +44,7 @@ class DataSource:
   batch_key: str = "video"
   clip_frames: Callable[[ml_collections.ConfigDict], int] | None = None
   pixel_test_split: Callable[[ml_collections.ConfigDict, str], Any] | None = None
+  train_transforms: Callable[[ml_collections.ConfigDict, Any], list | None] | None = None
   num_given_frames: int = 1
 
 
@@ -78,20 +82,24 @@ def _bouncing_balls_settings(data: ml_collections.ConfigDict) -> dict:
               num_balls=data.num_balls)
 
 
-def _open_bouncing_balls(config, workdir: str, split: str):
-  data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  return _built_once(
-      lambda: bouncing_balls.load(data_dir, split, **_bouncing_balls_settings(config.data)))
+def _data_dir(config, workdir: str) -> str:
+  return config.data.data_dir or os.path.join(workdir, "data")
 
 
-def _built_once(load: Callable[[], Any]):
-  """`load()` of a dataset built on first use: on a pod, process 0 builds, the others wait."""
+def _built_by_process_0(load: Callable[[], Any]):
+  """`load()` (which builds the dataset if it is missing) in every process: process 0
+  first, the others once it is done."""
   if jax.process_count() == 1:
     return load()
-  # Process 0 builds the dataset if it is missing; the others wait, then read it.
   source = load() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices("videomar dataset ready")
   return source if source is not None else load()
+
+
+def _open_bouncing_balls(config, workdir: str, split: str):
+  data_dir = _data_dir(config, workdir)
+  return _built_by_process_0(
+      lambda: bouncing_balls.load(data_dir, split, **_bouncing_balls_settings(config.data)))
 
 
 # ---- moving_mnist: built on first use into <workdir>/data (or config.data.data_dir).
@@ -105,8 +113,8 @@ def _open_moving_mnist(config, workdir: str, split: str):
     raise ConfigError(f"data.dataset is 'moving_mnist', whose frames are {moving_mnist.CANVAS}"
                       f"x{moving_mnist.CANVAS}; set config.data.resolution="
                       f"{moving_mnist.CANVAS} (stages may train smaller).")
-  data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  return _built_once(
+  data_dir = _data_dir(config, workdir)
+  return _built_by_process_0(
       lambda: moving_mnist.load(data_dir, split, **_moving_mnist_settings(config.data)))
 
 
@@ -116,6 +124,14 @@ def _open_latents(config, workdir: str, split: str):
   if not config.data.latents_dir:
     raise ConfigError("data.dataset is 'latents' but config.data.latents_dir is empty.")
   return latent_cache.load(config.data.latents_dir, split)[0]
+
+
+def _latent_train_transforms(config, stage):
+  """The crop that replaces the pixel pipeline's, checked against the cache."""
+  meta = latent_cache.read_meta(config.data.latents_dir)
+  latent_cache.check_run(meta, config.data.latents_dir, config.tokenizer, stage.latent_frames,
+                         stage.resolution, config.data.random_flip)
+  return [latent_cache.LatentCrop(stage.latent_frames, config.data.random_flip)]
 
 
 def _latents_pixel_test_split(config, workdir: str):
@@ -130,6 +146,27 @@ def _latents_pixel_test_split(config, workdir: str):
   return bouncing_balls.load(source["data_dir"], "test", **settings)
 
 
+# ---- folder: the user's videos (config.data.path), built on first use like bouncing_balls.
+def _open_folder(config, workdir: str, split: str):
+  """Training clips as stored (`video_folder.stored_size` a side, cropped by the training
+  transforms); the test split centre-cropped to `config.data.resolution`."""
+  settings = video_folder.settings_from_config(config.data)
+  data_dir = _data_dir(config, workdir)
+  log = video_folder.say if jax.process_index() == 0 else lambda message: None
+  source = _built_by_process_0(lambda: video_folder.load(settings, data_dir, split, log))
+  if split == "train":
+    return source
+  return video_folder.CentreCropped(source, settings.resolution)
+
+
+def _folder_train_transforms(config, stage):
+  """A random temporal crop, a random `data.resolution` square of the slightly larger stored
+  frames (mirrored half the time with `data.random_flip`), resized to the stage's size."""
+  return [pipeline.RandomTemporalCrop(stage.num_frames, config.data.crop_first_frame_prob),
+          pipeline.RandomCropFlip(config.data.resolution, config.data.random_flip),
+          pipeline.Resize(stage.resolution)]
+
+
 register_data_source(DataSource(
     "bouncing_balls", _open_bouncing_balls, batch_key="video",
     clip_frames=lambda config: config.data.num_frames,
@@ -141,4 +178,9 @@ register_data_source(DataSource(
     num_given_frames=moving_mnist.NUM_GIVEN))
 register_data_source(DataSource(
     "latents", _open_latents, batch_key="latents",
-    pixel_test_split=_latents_pixel_test_split))
+    pixel_test_split=_latents_pixel_test_split, train_transforms=_latent_train_transforms))
+register_data_source(DataSource(
+    "folder", _open_folder, batch_key="video",
+    clip_frames=lambda config: config.data.num_frames,
+    pixel_test_split=lambda config, workdir: _open_folder(config, workdir, "test"),
+    train_transforms=_folder_train_transforms))

@@ -30,8 +30,8 @@ def _kind(head: bytes) -> str | None:
   return None
 
 
-def _unreadable(path: str, error: BaseException) -> VideoInputError:
-  """What is wrong with a file imageio could not decode, without ffmpeg's banner."""
+def unreadable_error(path: str, error: BaseException) -> VideoInputError:
+  """What is wrong with a file imageio (or PyAV) could not decode, without ffmpeg's banner."""
   size = os.path.getsize(path)
   if size == 0:
     return VideoInputError(f"{path}: the file is empty (0 bytes).")
@@ -56,7 +56,7 @@ def read_frames(path: str) -> np.ndarray:
     else:
       frames = np.stack([np.asarray(f) for f in imageio.mimread(path, memtest=False)])
   except Exception as e:  # imageio raises many types for unreadable files
-    raise _unreadable(path, e) from None
+    raise unreadable_error(path, e) from None
   if frames.shape[0] == 0:
     raise VideoInputError(f"{path}: the video holds no frames.")
   if frames.ndim == 3:

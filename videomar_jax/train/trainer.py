@@ -215,7 +215,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, init_params) -> dict
             resolution=stage.resolution, seed=config.seed + 1000 * stage.index,
             worker_count=config.data.worker_count,
             batch_rows=partition.process_batch_rows(mesh, stage.batch_size),
-            transforms=_latent_transforms(config, tokenizer, stage),
+            transforms=(data.train_transforms(config, stage)
+                        if data.train_transforms is not None else None),
             first_frame_prob=config.data.crop_first_frame_prob)
         data_iter = iter(loader)
         if meta is not None and stage.start < step < stage.end:
@@ -307,17 +308,6 @@ def _position_data(checkpointer: Checkpointer, meta: dict, latest: int, step: in
     checkpointer.restore_data(latest, data_iter)
   else:
     data_iter.set_state(pipeline.iterator_state_after(loader, step - stage.start))
-
-
-def _latent_transforms(config, tokenizer, stage: setup.StageShape):
-  """For cached latents: the crop that replaces the pixel pipeline's (checked against the
-  cache); None for pixels."""
-  if config.data.dataset != "latents":
-    return None
-  meta = latent_cache.read_meta(config.data.latents_dir)
-  latent_cache.check_run(meta, config.data.latents_dir, config.tokenizer, stage.latent_frames,
-                         stage.resolution, config.data.random_flip)
-  return [latent_cache.LatentCrop(stage.latent_frames, config.data.random_flip)]
 
 
 def _with_params(state: TrainState, experiment: setup.Experiment, loaded) -> TrainState:
