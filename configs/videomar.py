@@ -195,6 +195,24 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # Where Orbax writes checkpoints ("" = <workdir>/checkpoints). May be a gs:// URI (all
   # processes of a pod must see it); logs and reports stay in the local workdir.
   config.train.checkpoint_dir = ""
+  # Write checkpoints in the background (Orbax async): training goes on while the arrays
+  # are written. A save still waits for the one before it; the run waits for the last one
+  # before it exits or stops for a preemption, and a failed write is reported there.
+  config.train.async_checkpoint = False
+  # Persistent XLA compilation cache: a restarted or resumed run loads its compiled programs
+  # instead of compiling them again (minutes for a large model on a pod). "" =
+  # <workdir>/compilation_cache; a path, or a URI such as gs://bucket/xla_cache (passed to
+  # JAX as it is; shared by the hosts of a pod and by later runs); "none" = off. A
+  # JAX_COMPILATION_CACHE_DIR environment variable wins over this setting.
+  config.train.compilation_cache_dir = ""
+  # > 0 (`videomar train`): every sample_every steps and at the last one, generate videos
+  # from the first frame of sample_clips held-out clips (the stage's clip length, with
+  # sample_steps unmasking steps per frame) with the EMA weights and write them to
+  # TensorBoard (Images tab: samples/frames, a contact sheet, and samples/video, a GIF).
+  # The time this takes is not counted in steps/s. 0 = off.
+  config.train.sample_every = 0
+  config.train.sample_clips = 4
+  config.train.sample_steps = 16
 
   if preset in ("tiny", "tiny_long"):
     # The recipe of docs/experiments.md (r2_token_drop at lr 3e-3, batch 4, 4-frame clips

@@ -137,8 +137,12 @@ def cmd_train(_):
   if config.train.init_from:  # read only on a fresh run, by every process
     from videomar_jax import interop  # pylint: disable=g-import-not-at-top
     init_params = interop.init_params_loader(config)
+  sample_fn = None
+  if config.train.sample_every > 0:  # videos to TensorBoard, from the sampler above `train`
+    from videomar_jax.tools import train_samples  # pylint: disable=g-import-not-at-top
+    sample_fn = train_samples.make_sample_fn(config, workdir)
   try:
-    summary = trainer.train(config, workdir, init_params)
+    summary = trainer.train(config, workdir, init_params, sample_fn)
   except trainer.NonFiniteLossError as e:
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -247,9 +247,12 @@ def iterator_state_after(loader: grain.DataLoader, num_batches: int) -> bytes:
 
   Used to resume on a different number of processes, where the saved per-process states
   do not apply: thanks to `GlobalBatchRows` the next global batch is the same either way.
-  Only for `worker_count=0` (with workers, grain's state is per worker).
+  Only for `worker_count=0` (with workers, grain's state is per worker). It writes grain's
+  iterator state itself and reads the loader's private `_sampler` and `_shard_options`:
+  setup.py pins the grain release this was checked against, and tests/test_grain_pin.py
+  fails naming what moved if a new release changes them.
   """
-  if loader._multiprocessing_options.num_workers:  # pylint: disable=protected-access
+  if loader.multiprocessing_options.num_workers:
     raise ValueError("resuming on a different number of processes needs "
                      "data.worker_count=0 (grain's worker states are per process).")
   state = json.loads(iter(loader).get_state())

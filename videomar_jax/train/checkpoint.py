@@ -5,6 +5,13 @@ index whose data iterator was saved and the run's config, so a restarted run kno
 in the curriculum it is before it builds the data pipeline. Orbax writes each step to a
 temporary folder and renames it when complete, so a run killed mid-save keeps the previous
 checkpoint intact.
+
+Saves are synchronous by default: `save` returns once the step is on disk. With
+`async_save` (config.train.async_checkpoint) `save` returns once the arrays are copied off
+the devices and Orbax writes them in a background thread while training goes on; `wait`
+(called by the next `save`, by `close`, and by the trainer before it stops for a
+preemption) blocks until that step is complete, and a failed write is reported there, as
+the same `CheckpointSaveError` naming its step.
 """
 
 import contextlib
@@ -106,17 +113,25 @@ def _short(error: BaseException, limit: int = 240) -> str:
 class Checkpointer:
   """A thin wrapper around `ocp.CheckpointManager` for the trainer's three items."""
 
-  def __init__(self, workdir: str, keep: int, directory: str = "", create: bool = True):
+  def __init__(self, workdir: str, keep: int, directory: str = "", create: bool = True,
+               async_save: bool = False):
     """Checkpoints go to `directory`, default `<workdir>/checkpoints`. A URI such as
-    gs://bucket/run/checkpoints is passed to Orbax as it is."""
+    gs://bucket/run/checkpoints is passed to Orbax as it is. `async_save`: `save` returns
+    before the step is written (see the module docstring)."""
     if not directory:
       directory = os.path.join(workdir, "checkpoints")
     self.directory = directory if "://" in directory else os.path.abspath(directory)
+    self.async_save = async_save
+    self._in_flight = None  # the step of an async save not yet known to be complete
+    # Orbax's checkpointer is asynchronous either way; a synchronous save waits for it.
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "data", "meta"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                             enable_async_checkpointing=True))
 
   def latest_step(self) -> int | None:
+    """The newest complete checkpoint (an async save in flight is waited for first)."""
+    self.wait()
     return self.manager.latest_step()
 
   def steps_newest_first(self) -> list[int]:
@@ -124,6 +139,9 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator, stage: int,
            config: ml_collections.ConfigDict) -> None:
+    """Writes checkpoint `step` (with `async_save`, starts writing it: see `wait`). The
+    data iterator's position is read now, before training moves it on."""
+    self.wait()  # the previous async save first: its failure names its own step
     meta = {"step": int(step), "stage": int(stage), "process_count": jax.process_count(),
             "config": config.to_json_best_effort()}
     try:
@@ -132,17 +150,35 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
             meta=ocp.args.JsonSave(meta)), force=True)
+        if not self.async_save:
+          self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    if self.async_save:
+      self._in_flight = step
+
+  def wait(self) -> None:
+    """Blocks until an async save in flight is complete on disk; its failure raises
+    `CheckpointSaveError` naming that step. Without one, returns at once."""
+    step, self._in_flight = self._in_flight, None
+    if step is None:
+      return
+    try:
+      with _stderr_silenced(QUIET_IO_FAILURES):
         self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      # Orbax writes into a temporary folder and renames it when complete, so a failed save
-      # leaves the previous checkpoint as it was.
-      latest = self.latest_step()
-      kept = (f"checkpoint {latest} is intact" if latest not in (None, step)
-              else "no earlier checkpoint exists")
-      raise CheckpointSaveError(
-          f"could not write checkpoint {step} to {self.directory} ({_short(e)}); {kept}. "
-          "Free disk space or make the directory writable, then run the same command "
-          "again to resume.") from e
+      raise self._save_error(step, e) from e
+
+  def _save_error(self, step: int, error: BaseException) -> CheckpointSaveError:
+    # Orbax writes into a temporary folder and renames it when complete, so a failed save
+    # leaves the previous checkpoint as it was.
+    latest = self.manager.latest_step()
+    kept = (f"checkpoint {latest} is intact" if latest not in (None, step)
+            else "no earlier checkpoint exists")
+    return CheckpointSaveError(
+        f"could not write checkpoint {step} to {self.directory} ({_short(error)}); {kept}. "
+        "Free disk space or make the directory writable, then run the same command "
+        "again to resume.")
 
   def restore_meta(self, step: int) -> dict:
     return self._restore(step, meta=ocp.args.JsonRestore())["meta"]
@@ -239,8 +275,11 @@ class Checkpointer:
     self.manager.reload()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for a save in flight (raising its failure), then closes the manager."""
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def checkpoint_location(path: str) -> tuple[str, int | None]:

@@ -5,6 +5,7 @@ Kept apart from either trainer so that a fix (say, how Ctrl-C is named, or what 
 run does with rows logged after its last checkpoint) lands in both at once.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -25,13 +26,21 @@ class NonFiniteLossError(RuntimeError):
 class PreemptionFlag:
   """Set by SIGTERM (preemption) or a first SIGINT (Ctrl-C); the loop checks it at step
   boundaries, saves and stops. A second Ctrl-C stops at once (KeyboardInterrupt), keeping
-  the newest finished checkpoint."""
+  the newest finished checkpoint.
+
+  With `jax.distributed` initialised, JAX's preemption service is consulted too
+  (`multihost_utils.reached_preemption_sync_point`): the coordination service spreads a
+  preemption notice (e.g. of a TPU maintenance event) seen by any host to all of them, and
+  they agree on one step to stop at, even where no host of this run gets a SIGTERM.
+  """
 
   _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.raised = False
     self.signal_name = ""
+    self.sync_point = False  # stopping because JAX's preemption service said so
+    self._sync_service = True  # until JAX says it has none
     self._previous = {}
 
   def __enter__(self):
@@ -52,9 +61,19 @@ class PreemptionFlag:
       print("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again to "
             "stop now without saving).", flush=True)
 
-  def agreed(self, check_now: bool) -> bool:
-    """Whether to stop: this process's flag with one process; with several, whether any
-    process has it, asked only when `check_now` (a small all-gather, so not every step)."""
+  def agreed(self, step: int, check_now: bool) -> bool:
+    """Whether to stop after `step`, the same answer on every process. Call it at every step
+    on every process.
+
+    A signal: this process's flag with one process; with several, whether any process has
+    it, asked only when `check_now` (a small all-gather, so not every step). JAX's
+    preemption sync point: asked every step (a local lookup; the service picks the step
+    after the newest one any host had reported, so it must see every step, as Orbax's own
+    calls with the step do too).
+    """
+    if self._reached_sync_point(step):
+      self.sync_point = True
+      return True
     if jax.process_count() == 1:
       return self.raised
     if not check_now:
@@ -62,7 +81,24 @@ class PreemptionFlag:
     flags = multihost_utils.process_allgather(np.int32(self.raised))
     return bool(np.any(flags))
 
+  def _reached_sync_point(self, step: int) -> bool:
+    """JAX's preemption sync point; False without `jax.distributed` (JAX answers that
+    itself) or when it runs without the preemption service (`jax_enable_preemption_service`
+    off: then JAX raises, once per process, and it is not asked again)."""
+    if not self._sync_service:
+      return False
+    try:
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    except RuntimeError as e:
+      if "not been initialized" not in str(e):
+        raise
+      self._sync_service = False
+      return False
+
   def stop_message(self, step: int) -> str:
+    if self.sync_point:
+      return (f"Preemption notice from JAX's preemption service: saved checkpoint {step} "
+              "and stopping.")
     # With several processes another one may be the one signalled (a preemption: SIGTERM).
     return (f"{self.signal_name or 'SIGTERM'} received: saved checkpoint {step} and "
             "stopping.")
@@ -70,6 +106,11 @@ class PreemptionFlag:
   def __exit__(self, *exc):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
+
+
+def must_sample(step: int, total_steps: int, sample_every: int) -> bool:
+  """Samples go to TensorBoard every `sample_every` steps (0 = never) and at the last step."""
+  return sample_every > 0 and (step % sample_every == 0 or step == total_steps)
 
 
 def must_save(step: int, end: int, checkpoint_every: int, preempted: bool) -> bool:
@@ -139,6 +180,22 @@ class MetricsLog:
       scalars["steps_per_s"] = rate
       self.scalars(step, scalars, prefix="train")
     self._window_start, self._window_steps = time.perf_counter(), 0
+
+  def samples(self, step: int, video) -> None:
+    """Generated clips (uint8 [B, F, H, W, 3]) to TensorBoard as `samples/frames` and
+    `samples/video` (process 0)."""
+    if self.writer is not None:
+      tensorboard.write_video_samples(self.writer, "samples", video, step)
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time spent inside (generating samples, say) is not training time: it is left out of
+    the steps/s and ETA of the next progress line."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._window_start += time.perf_counter() - start
 
   def scalars(self, step: int, values: dict, prefix: str) -> None:
     if self.writer is not None:
