@@ -41,7 +41,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # the protocol's 20 frames (~0.25 step/s) so that the model has attended over 10 given +
   # 10 generated frames before evaluation: about 50 minutes in all on 2 CPU cores.
   config.stages = [
-      ml_collections.ConfigDict(dict(num_frames=8, resolution=64, steps=2400, batch_size=0)),
+      ml_collections.ConfigDict(dict(num_frames=8, resolution=64, steps=2000, batch_size=0)),
       ml_collections.ConfigDict(dict(num_frames=20, resolution=64, steps=150, batch_size=0)),
   ]
   return config
