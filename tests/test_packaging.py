@@ -93,13 +93,18 @@ def test_a_wheel_installed_elsewhere_finds_its_configs_by_name(tmp_path):
                         text=True, timeout=300, cwd=elsewhere, env=_env())
   assert info.returncode == 0, info.stderr
   assert "config preset: tiny" in info.stdout and "total" in info.stdout
+  # A packaged config that loads its sibling by path (configs/moving_mnist.py -> videomar.py).
+  info = subprocess.run([str(videomar), "info", "--config=moving_mnist"], capture_output=True,
+                        text=True, timeout=300, cwd=elsewhere, env=_env())
+  assert info.returncode == 0, info.stderr
+  assert "64x64" in info.stdout, info.stdout
 
 
 def test_short_names_resolve_to_the_packaged_files(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # no configs/ in the working directory
   videomar, tokenizer = (str(REPO / "configs" / f) for f in ("videomar.py", "tokenizer.py"))
   assert config_files.configs_dir() == str(REPO / "configs")  # a checkout: its configs/
-  assert config_files.names() == ["tokenizer", "videomar"]
+  assert config_files.names() == ["moving_mnist", "tokenizer", "videomar"]
   assert config_files.resolve("tiny") == f"{videomar}:tiny"
   assert config_files.resolve("videomar:paper") == f"{videomar}:paper"
   assert config_files.resolve("videomar") == videomar
