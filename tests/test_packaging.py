@@ -115,8 +115,8 @@ def test_short_names_resolve_to_the_packaged_files(tmp_path, monkeypatch):
   (tmp_path / "tiny").write_text("def get_config():\n  return None\n")
   assert config_files.resolve("tiny") == "tiny"  # an existing file wins over a short name
   with pytest.raises(ConfigError, match=r"--config=videomr:tiny: 'videomr' is neither a "
-                     r"file nor a packaged config; the packaged configs are moving_mnist, tokenizer, "
-                     r"videomar"):
+                     r"file nor a packaged config; the packaged configs are moving_mnist, "
+                     r"tokenizer, videomar"):
     config_files.resolve("videomr:tiny")
 
 
