@@ -10,6 +10,7 @@ import importlib.util
 import os
 import re
 import shutil
+import json
 import subprocess
 import sys
 import types
@@ -366,3 +367,13 @@ def test_data_build_then_train_from_the_command_line(tmp_path):
   assert train.returncode == 0, train.stderr
   assert "Building" not in train.stdout  # built once, by `data build`
   assert '{"status": "done", "step": 3}' in train.stdout
+  # `evaluate` scores the held-out file's clips: pixel metrics only, no ball metrics.
+  evaluate = subprocess.run(
+      [*cli, "evaluate", f"--workdir={tmp_path / 'run'}", "--num_examples=2", "--num_steps=2",
+       "--num_frames=3"], capture_output=True, text=True, env=env, timeout=300)
+  assert evaluate.returncode == 0, evaluate.stderr
+  assert "PSNR | SSIM | MSE/frame" in evaluate.stdout and "copy last given" in evaluate.stdout
+  with open(tmp_path / "run" / "report" / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["dataset"] == "folder" and len(metrics["mse_per_frame"]) == 2
+  assert "centre_error_px" not in metrics
