@@ -38,8 +38,8 @@ def test_clips_follow_the_protocol():
   assert speed.max() <= 0.1 * free + 1.5
   # Every clip bounces off some border within 20 frames or moves straight: a reversal of
   # direction happens in some clips.
-  steps = np.diff(corners, axis=1)
-  assert np.any(np.sign(steps[:, 1:]) == -np.sign(steps[:, :-1]))
+  steps = np.sign(np.diff(corners, axis=1))
+  assert np.any((steps[:, 1:] != 0) & (steps[:, 1:] == -steps[:, :-1]))
   clips = list(moving_mnist.generate_split("test", 3, 20, 2, seed=0))
   assert all(c.shape == (20, 64, 64) and c.dtype == np.uint8 for c in clips)
   again = list(moving_mnist.generate_split("test", 3, 20, 2, seed=0))
@@ -110,6 +110,11 @@ def test_evaluate_scores_moving_mnist_after_ten_given_frames(tmp_path):
   assert "copy last given" in evaluate.report_summary(metrics)
   with pytest.raises(evaluate.EvaluateInputError, match="leaves nothing to generate"):
     evaluate.evaluate_run(str(tmp_path), _weights(config), num_examples=1, num_frames=10)
+  with pytest.raises(evaluate.EvaluateInputError, match="--num_given=-1"):
+    evaluate.evaluate_run(str(tmp_path), _weights(config), num_examples=1, num_given=-1)
+  with pytest.raises(evaluate.EvaluateInputError, match="needs --num_examples >= 2"):
+    evaluate.evaluate_run(str(tmp_path), _weights(config), num_examples=1,
+                          fvd_detector="any.pt")
 
 
 def test_frechet_distance_matches_the_closed_form():
@@ -162,6 +167,7 @@ def test_fvd_with_a_user_detector(detector_path, tmp_path):
   real = rng.integers(0, 256, size=(12, 4, 32, 32, 3), dtype=np.uint8)
   assert detector.features(real).shape == (12, 8)
   assert detector.fvd(real, real) == pytest.approx(0.0, abs=1e-6)
+  assert detector.fvd(detector.statistics(real), real) == pytest.approx(0.0, abs=1e-6)
   darker = (real // 2).astype(np.uint8)
   assert detector.fvd(real, darker) > 1e-3
   protocol = detector.protocol(num_videos=12, num_frames=4, num_given=1)
@@ -187,8 +193,10 @@ def test_evaluate_reports_fvd_and_its_protocol(detector_path, tmp_path):
 
 def test_data_build_moving_mnist_from_the_command_line(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "videomar_jax.cli.main", "data", "build", "--dataset=moving_mnist",
-       f"--data_dir={tmp_path}", "--num_train_clips=5", "--num_test_clips=2"],
+      # No --dataset: the config's (what `train --config=...moving_mnist.py` reads).
+      [sys.executable, "-m", "videomar_jax.cli.main", "data", "build",
+       f"--config={REPO}/configs/moving_mnist.py", f"--data_dir={tmp_path}",
+       "--num_train_clips=5", "--num_test_clips=2"],
       capture_output=True, text=True, cwd=REPO, timeout=300,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-2000:]

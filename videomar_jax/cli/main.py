@@ -162,15 +162,24 @@ def _build_settings(defaults: dict, given: dict) -> dict:
   return settings
 
 
+def _dataset_to_build() -> str:
+  """--dataset if given, else --config's data.dataset, else bouncing_balls (the flag's
+  default): `data build --config=moving_mnist` builds what that config trains on."""
+  if not flags.FLAGS["dataset"].present and _CONFIG.value is not None:
+    return _require(_CONFIG, "data build").data.dataset
+  return _DATASET.value
+
+
 def cmd_data_build(_):
-  if _DATASET.value == "folder":
+  dataset = _dataset_to_build()
+  if dataset == "folder":
     _build_folder()
     return
   from videomar_jax.data import bouncing_balls, moving_mnist  # pylint: disable=g-import-not-at-top
-  if _DATASET.value not in ("bouncing_balls", "moving_mnist"):
-    raise app.UsageError(f"unknown --dataset={_DATASET.value!r}; built-in: bouncing_balls, "
+  if dataset not in ("bouncing_balls", "moving_mnist"):
+    raise app.UsageError(f"unknown --dataset={dataset!r}; built-in: bouncing_balls, "
                          "moving_mnist, folder (with --path).")
-  if _DATASET.value == "moving_mnist":
+  if dataset == "moving_mnist":
     # The protocol's sizes (those configs/moving_mnist.py trains on) unless set.
     defaults = {"data_dir": None, "num_train_clips": 10000, "num_test_clips": 1000,
                 "num_frames": 20, "num_digits": _NUM_DIGITS.default}

@@ -161,8 +161,12 @@ def _open_folder(config, workdir: str, split: str):
 
 def _folder_train_transforms(config, stage):
   """A random temporal crop, a random `data.resolution` square of the slightly larger stored
-  frames (mirrored half the time with `data.random_flip`), resized to the stage's size."""
-  return [pipeline.RandomTemporalCrop(stage.num_frames, config.data.crop_first_frame_prob),
+  frames (mirrored half the time with `data.random_flip`), resized to the stage's size.
+
+  The crop starts anywhere: `data.crop_first_frame_prob` is for clips that begin in a special
+  state (the built-in balls at rest, which presets tune it for); a folder's stored clips are
+  cut from videos at arbitrary points."""
+  return [pipeline.RandomTemporalCrop(stage.num_frames, 0.0),
           pipeline.RandomCropFlip(config.data.resolution, config.data.random_flip),
           pipeline.Resize(stage.resolution)]
 

@@ -120,6 +120,9 @@ def evaluate_run(workdir: str, weights: tuple, num_examples: int = 64, num_frame
   config, params, step = weights
   stage = config.stages[-1]
   num_frames = num_frames or stage["num_frames"]
+  if num_given < 0:
+    raise EvaluateInputError(f"--num_given={num_given}: give a number of frames >= 1 (0 = "
+                             "the dataset's protocol).")
   num_given = num_given or sources.data_source(config).num_given_frames
   resolution = stage["resolution"]
   generator = VideoGenerator(config, params)
@@ -130,6 +133,9 @@ def evaluate_run(workdir: str, weights: tuple, num_examples: int = 64, num_frame
     raise EvaluateInputError(f"--num_frames={num_frames} leaves nothing to generate after "
                              f"{num_given} given frame(s).")
   detector = None
+  if fvd_detector and num_examples < 2:
+    raise EvaluateInputError(f"FVD fits a Gaussian to the videos' features: it needs "
+                             f"--num_examples >= 2 (got {num_examples}).")
   if fvd_detector:
     from videomar_jax.eval import fvd  # pylint: disable=g-import-not-at-top  (imports torch)
     detector = fvd.VideoDetector(fvd_detector)
@@ -154,6 +160,8 @@ def evaluate_run(workdir: str, weights: tuple, num_examples: int = 64, num_frame
                      np.repeat(last_given, num_frames - num_given, axis=1)], axis=1),
                 "copy_previous": np.concatenate([video[:, :1], video[:, :-1]], axis=1)}
   scored = lambda pred: score(pred, video, true_centres, colours, num_given)
+  # The true videos' detector statistics, computed once for every FVD below.
+  real_stats = detector.statistics(video) if detector is not None else None
   per_seed, videos, generate_seconds = {}, {}, 0.0
   for s in seeds:
     start = time.perf_counter()
@@ -167,7 +175,7 @@ def evaluate_run(workdir: str, weights: tuple, num_examples: int = 64, num_frame
                    "teacher_forced_psnr_video": balls.psnr(forced[:, num_given:],
                                                            video[:, num_given:])}
     if detector is not None:
-      per_seed[s]["fvd"] = detector.fvd(video, free)
+      per_seed[s]["fvd"] = detector.fvd(real_stats, free)
   per_frame = {name: scored(pred) for name, pred in references.items()}
   for name in ("model", "teacher_forced"):
     per_frame[name] = {k: np.mean([per_seed[s][name][k] for s in seeds], axis=0)
@@ -192,7 +200,7 @@ def evaluate_run(workdir: str, weights: tuple, num_examples: int = 64, num_frame
   metrics = _metrics_json(per_frame, per_seed, references, video, seeds, num_given)
   if detector is not None:
     metrics["fvd"] = float(np.mean([per_seed[s]["fvd"] for s in seeds]))
-    metrics["baseline_fvd"] = detector.fvd(video, references["baseline"])
+    metrics["baseline_fvd"] = detector.fvd(real_stats, references["baseline"])
     metrics["fvd_protocol"] = detector.protocol(num_videos=num_examples, num_frames=num_frames,
                                                 num_given=num_given)
   metrics = {"dataset": config.data.dataset, "checkpoint_step": step,

@@ -64,7 +64,11 @@ class VideoDetector:
   """A TorchScript video network whose features FVD compares (see the module docstring)."""
 
   def __init__(self, path: str, batch_size: int = 8):
-    import torch  # pylint: disable=g-import-not-at-top  (the `torch` extra)
+    try:
+      import torch  # pylint: disable=g-import-not-at-top  (the `torch` extra)
+    except ImportError:
+      raise DetectorError(f"--fvd_detector={path}: running a TorchScript detector needs "
+                          "PyTorch: pip install 'videomar_jax[torch]'.") from None
     self.path, self.batch_size = path, batch_size
     try:
       self.module = torch.jit.load(path, map_location="cpu").eval()
@@ -95,10 +99,15 @@ class VideoDetector:
         out.append(feats.reshape(b, -1).double().numpy())
     return np.concatenate(out)
 
-  def fvd(self, real: np.ndarray, fake: np.ndarray) -> float:
-    """FVD of uint8 videos `fake` against `real` (both [B, F, H, W, 3])."""
-    return frechet_distance(*gaussian_of(self.features(real)),
-                            *gaussian_of(self.features(fake)))
+  def statistics(self, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the features of uint8 videos [B, F, H, W, 3]."""
+    return gaussian_of(self.features(videos))
+
+  def fvd(self, real, fake: np.ndarray) -> float:
+    """FVD of uint8 videos `fake` against `real`: videos [B, F, H, W, 3] like `fake`, or
+    their `statistics` (the true videos' are computed once for several comparisons)."""
+    real_stats = real if isinstance(real, tuple) else self.statistics(real)
+    return frechet_distance(*real_stats, *self.statistics(fake))
 
   def protocol(self, num_videos: int, num_frames: int, num_given: int) -> dict:
     return {"detector": self.path, "detector_sha256": self.sha256,

@@ -99,6 +99,11 @@ def iter_frames(video: Video, stride: int = 1,
         if index % stride:
           continue  # every frame is decoded (inter-frame codecs need them), few converted
         image = frame.to_image()
+        # Phone videos store upright frames as rotated ones plus a display rotation, which
+        # players (and imageio-ffmpeg, `videomar sample --video`) apply: so do we.
+        rotation = getattr(frame, "rotation", 0) or 0
+        if rotation % 360:
+          image = image.rotate(rotation, expand=True)
         kept += 1
         yield image
         if max_frames is not None and kept >= max_frames:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from videomar_jax.data import latent_cache, pipeline, sources
-from videomar_jax.errors import ConfigError
+from videomar_jax.errors import ConfigError, UserError
 from videomar_jax.sampling.generate import SamplerSettings
 from videomar_jax.sampling.video_generator import VideoGenerator
 from videomar_jax.tokenizers import make_tokenizer, unit_to_video
@@ -69,6 +69,8 @@ def first_frames(config: ml_collections.ConfigDict, workdir: str, num_clips: int
       split = entry.pixel_test_split(config, workdir)
     except ConfigError:  # e.g. a latent cache of other clips than the built-in balls
       split = None
+    except UserError:  # e.g. a video folder too small to hold out a file: its train clips
+      split = sources.open_split(config, workdir, "train")
   if split is not None:
     _check_count(split, num_clips, "the held-out split")
     return np.stack([pipeline.resize_video(split[i]["frames"][:1], resolution)
