@@ -7,10 +7,10 @@ happens once per folder state, and `videomar data build` + `videomar train` run 
 import dataclasses
 import glob
 import importlib.util
+import json
 import os
 import re
 import shutil
-import json
 import subprocess
 import sys
 import types
@@ -235,6 +235,22 @@ def test_an_unchanged_folder_is_not_rebuilt_a_changed_one_is(built, tmp_path):
   assert len({first, second, third, fourth}) == 4
   assert sum("Building" in line for line in log) == 4
   assert os.path.isdir(first)  # an earlier build stays
+
+
+def test_a_run_keeps_its_dataset_and_refuses_changed_videos(tmp_path):
+  root = tmp_path / "videos"
+  write_frame_folder(str(root / "a"), _frames(8, 16, 16))
+  write_frame_folder(str(root / "b"), _frames(8, 16, 16))
+  config = small_config()
+  config.data.dataset, config.data.path = "folder", str(root)
+  config.data.num_frames, config.data.resolution = 4, 16
+  workdir = str(tmp_path / "run")
+  train = sources.open_split(config, workdir, "train")
+  assert len(sources.open_split(config, workdir, "train")) == len(train)  # same dataset
+  write_frame_folder(str(root / "c"), _frames(8, 16, 16))  # a video added mid-run
+  with pytest.raises(video_folder.FolderDataError, match=r"changed since this run built its "
+                     r"dataset .*Restore the videos as they were, or train afresh"):
+    sources.open_split(config, workdir, "test")
 
 
 def test_a_folder_without_clips_says_what_it_found_and_needs(tmp_path):

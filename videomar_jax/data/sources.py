@@ -152,11 +152,35 @@ def _open_folder(config, workdir: str, split: str):
   transforms); the test split centre-cropped to `config.data.resolution`."""
   settings = video_folder.settings_from_config(config.data)
   data_dir = _data_dir(config, workdir)
+  _check_same_folder(settings, data_dir, workdir)
   log = video_folder.say if jax.process_index() == 0 else lambda message: None
   source = _built_by_process_0(lambda: video_folder.load(settings, data_dir, split, log))
   if split == "train":
     return source
   return video_folder.CentreCropped(source, settings.resolution)
+
+
+def _check_same_folder(settings, data_dir: str, workdir: str) -> None:
+  """A run keeps the dataset it first built: videos changed since (added, edited, copied
+  without their times) would otherwise build a new one with another file split, which a
+  resumed run's data position does not fit and an evaluation could score on training
+  files. The run's workdir records the dataset; a different one now is one clear error."""
+  if not workdir:  # no run to keep a dataset for (a loader built outside a run)
+    return
+  record = os.path.join(workdir, "folder_dataset.txt")
+  directory = video_folder.dataset_directory(data_dir, video_folder.current_name(settings))
+  if os.path.exists(record):
+    with open(record) as f:
+      recorded = f.read().strip()
+    if recorded != directory:
+      raise video_folder.FolderDataError(
+          f"the videos in {settings.path} (or the data settings) changed since this run built "
+          f"its dataset {recorded}: its file split and data position no longer hold. Restore "
+          f"the videos as they were, or train afresh in a new --workdir.")
+  elif jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(record, "w") as f:
+      f.write(directory + "\n")
 
 
 def _folder_train_transforms(config, stage):

@@ -315,6 +315,12 @@ def _rebuild_hint(directory: str, settings: FolderSettings) -> str:
   return f"Delete {directory} and run again: it is rebuilt from {settings.path}."
 
 
+def current_name(settings: FolderSettings) -> str:
+  """The dataset name of the folder as it is now (its listing and the settings), without
+  decoding anything."""
+  return config_name(settings, video_stream.find_videos(settings.path))
+
+
 def build(settings: FolderSettings, data_dir: str, log: Callable[[str], None] = say) -> str:
   """Builds the dataset of `settings` under `data_dir` unless it is there; returns its
   directory. Raises `FolderDataError` when the folder yields no clip."""
