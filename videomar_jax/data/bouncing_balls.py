@@ -670,24 +670,10 @@ def build(data_dir: str, **overrides: Any) -> BouncingBalls:
   the stored metadata. Progress bars are disabled. A stored dataset whose metadata is
   missing or unreadable (an interrupted build) is a `DatasetFileError` naming the folder.
   """
-  tfds.disable_progress_bar()
   config = make_config(**overrides)
-  folder = os.path.join(str(data_dir), "bouncing_balls", config.name)
-  existed = os.path.isdir(folder)
-  try:
-    builder = BouncingBalls(data_dir=str(data_dir), config=config, file_format="array_record")
-    builder.download_and_prepare()
-    if not builder.info.splits:
-      raise ValueError("its dataset_info.json lists no splits")
-  except Exception as e:  # pylint: disable=broad-except
-    if not existed:  # a failure of a fresh build: not about stored files
-      raise
-    reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-    raise integrity.DatasetFileError(
-        f"the bouncing_balls dataset in {folder} is incomplete or damaged ({reason}); an "
-        f"interrupted build? Delete {folder} and run again: the built-in dataset is rebuilt "
-        "on first use (or with `videomar data build`).") from e
-  return builder
+  return integrity.prepare_builtin(
+      lambda: BouncingBalls(data_dir=str(data_dir), config=config, file_format="array_record"),
+      os.path.join(str(data_dir), "bouncing_balls", config.name), "bouncing_balls")
 
 
 def load(data_dir: str, split: str, **overrides: Any):

@@ -11,6 +11,8 @@ import bisect
 import os
 from typing import Any
 
+import tensorflow_datasets as tfds
+
 from videomar_jax.errors import UserError
 
 
@@ -76,6 +78,28 @@ def check_split(source: Any, shards: list[tuple[str, int]], rebuild_hint: str) -
       if count:
         checked[index]
   return checked
+
+
+def prepare_builtin(make_builder, folder: str, dataset: str):
+  """`make_builder()` prepared (generated and written on first use, later only its stored
+  metadata read). A stored dataset whose metadata is missing or unreadable (an interrupted
+  build) is a `DatasetFileError` naming `folder` and how to rebuild; a fresh build's own
+  failure is raised as it is."""
+  tfds.disable_progress_bar()
+  existed = os.path.isdir(folder)
+  try:
+    builder = make_builder()
+    builder.download_and_prepare()
+    if not builder.info.splits:
+      raise ValueError("its dataset_info.json lists no splits")
+  except Exception as e:  # pylint: disable=broad-except
+    if not existed:  # a failure of a fresh build: not about stored files
+      raise
+    raise DatasetFileError(
+        f"the {dataset} dataset in {folder} is incomplete or damaged ({reason(e)}); an "
+        f"interrupted build? Delete {folder} and run again: the built-in dataset is rebuilt "
+        "on first use (or with `videomar data build`).") from e
+  return builder
 
 
 def tfds_shards(builder, split: str) -> list[tuple[str, int]]:

@@ -205,25 +205,11 @@ class RgbFrames:
 def build(data_dir: str, **settings) -> VideomarMovingMnist:
   """The prepared builder of `make_config(**settings)` under `data_dir` (generated and written
   on first use; an interrupted build is a `DatasetFileError` naming the folder)."""
-  tfds.disable_progress_bar()
   config = make_config(**settings)
-  folder = os.path.join(str(data_dir), VideomarMovingMnist.name, config.name)
-  existed = os.path.isdir(folder)
-  try:
-    builder = VideomarMovingMnist(data_dir=str(data_dir), config=config,
-                                  file_format="array_record")
-    builder.download_and_prepare()
-    if not builder.info.splits:
-      raise ValueError("its dataset_info.json lists no splits")
-  except Exception as e:  # pylint: disable=broad-except
-    if not existed:
-      raise
-    reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-    raise integrity.DatasetFileError(
-        f"the Moving MNIST dataset in {folder} is incomplete or damaged ({reason}); an "
-        f"interrupted build? Delete {folder} and run again: it is rebuilt on first use (or "
-        "with `videomar data build`).") from e
-  return builder
+  return integrity.prepare_builtin(
+      lambda: VideomarMovingMnist(data_dir=str(data_dir), config=config,
+                                  file_format="array_record"),
+      os.path.join(str(data_dir), VideomarMovingMnist.name, config.name), "Moving MNIST")
 
 
 def load(data_dir: str, split: str, **settings) -> RgbFrames:
