@@ -38,6 +38,9 @@ def enable(setting: str, workdir: str) -> str | None:
     return os.environ[_ENV]
   path = cache_dir(setting, workdir)
   if path is None:
+    if jax.config.jax_compilation_cache_dir is not None:  # an earlier run in this process
+      jax_cache.reset_cache()
+      jax.config.update("jax_compilation_cache_dir", None)
     return None
   local = "://" not in path
   if local:
