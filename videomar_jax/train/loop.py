@@ -45,6 +45,11 @@ class PreemptionFlag:
 
   def __enter__(self):
     for signum in self._SIGNALS:
+      if signum == signal.SIGTERM and _jax_hears_sigterm():
+        # JAX's preemption notifier holds SIGTERM (a C handler installed by
+        # jax.distributed.initialize) and spreads it to every host through the sync point; a
+        # Python handler here would replace it and the service would never hear of it.
+        continue
       try:
         self._previous[signum] = signal.signal(signum, self._handle)
       except ValueError:  # not the main thread: no handler, no preemption support
@@ -97,15 +102,25 @@ class PreemptionFlag:
 
   def stop_message(self, step: int) -> str:
     if self.sync_point:
-      return (f"Preemption notice from JAX's preemption service: saved checkpoint {step} "
-              "and stopping.")
+      return (f"Preemption notice (SIGTERM to some host, or a TPU maintenance event) from "
+              f"JAX's preemption service: saved checkpoint {step} and stopping.")
     # With several processes another one may be the one signalled (a preemption: SIGTERM).
     return (f"{self.signal_name or 'SIGTERM'} received: saved checkpoint {step} and "
             "stopping.")
 
   def __exit__(self, *exc):
     for signum, previous in self._previous.items():
-      signal.signal(signum, previous)
+      if previous is not None:  # None: a handler not installed from Python, left as it was
+        signal.signal(signum, previous)
+
+
+def _jax_hears_sigterm() -> bool:
+  """Whether JAX's preemption service runs in this (multi-process) job: its notifier then
+  handles SIGTERM."""
+  if jax.process_count() == 1:
+    return False
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
 
 
 def must_sample(step: int, total_steps: int, sample_every: int) -> bool:
