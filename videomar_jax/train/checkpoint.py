@@ -279,7 +279,10 @@ class Checkpointer:
     try:
       self.wait()
     finally:
-      self.manager.close()
+      # After a failed save, closing finishes its abandoned writes: their threads print
+      # tracebacks too.
+      with _stderr_silenced(QUIET_IO_FAILURES):
+        self.manager.close()
 
 
 def checkpoint_location(path: str) -> tuple[str, int | None]:
