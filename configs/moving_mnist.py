@@ -39,7 +39,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.head.width = max(config.head.width, 256)
   # Short clips first (cheap steps that teach the motion: ~1 step/s on 2 CPU cores), then
   # the protocol's 20 frames (~0.25 step/s) so that the model has attended over 10 given +
-  # 10 generated frames before evaluation: about 50 minutes in all on 2 CPU cores.
+  # 10 generated frames before evaluation: 61 minutes in all on 2 CPU cores shared with
+  # other jobs (README, "Moving MNIST": a negative result at this budget).
   config.stages = [
       ml_collections.ConfigDict(dict(num_frames=8, resolution=64, steps=2000, batch_size=0)),
       ml_collections.ConfigDict(dict(num_frames=20, resolution=64, steps=150, batch_size=0)),
