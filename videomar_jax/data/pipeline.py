@@ -147,7 +147,7 @@ class RandomTemporalCrop(grain.transforms.RandomMap):
 
 class RandomCropFlip(grain.transforms.RandomMap):
   """Crops the same random ``size x size`` square out of every frame of ``video`` and, with
-  ``random_flip``, mirrors it left-right half the time (``centres`` follow).
+  ``random_flip``, mirrors it left-right half the time.
 
   For sources stored slightly larger than the training resolution (the video-folder
   dataset): the crop jitters position and scale of what the model sees.
@@ -171,11 +171,6 @@ class RandomCropFlip(grain.transforms.RandomMap):
     crop = video[:, top:top + self.size, left:left + self.size]
     out = dict(element)
     out["video"] = np.ascontiguousarray(crop[:, :, ::-1] if flip else crop)
-    if "centres" in element:
-      centres = np.asarray(element["centres"], np.float32) - np.float32([left, top])
-      if flip:
-        centres[..., 0] = self.size - 1 - centres[..., 0]
-      out["centres"] = centres
     return out
 
 

@@ -182,7 +182,6 @@ class Plan:
   settings: FolderSettings
   name: str
   splits: dict[str, list[video_stream.Video]]
-  num_videos: int
   short: list[str]
   unreadable: list[tuple[str, str]]  # (path inside the folder, reason)
   clips: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=dict)
@@ -239,7 +238,7 @@ def make_plan(settings: FolderSettings, videos: list[video_stream.Video], name: 
   test = test_files([_relative(v, root) for v in usable], settings.test_fraction)
   splits = {"train": [v for v in usable if _relative(v, root) not in test],
             "test": [v for v in usable if _relative(v, root) in test]}
-  return Plan(settings, name, {k: v for k, v in splits.items() if v}, total,
+  return Plan(settings, name, {k: v for k, v in splits.items() if v},
               [_relative(v, root) for v in short], unreadable)
 
 
