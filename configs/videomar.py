@@ -85,6 +85,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # Self-attention queries per block (0 = all at once). Blocks bound the score matrix to
   # [B, H, chunk, S] instead of [B, H, S, S]: the paper's 25600-token clips need it.
   config.model.attention_chunk = 0
+  # Who computes attention: auto (cuDNN flash attention on a GPU in bf16, XLA elsewhere,
+  # both through jax.nn.dot_product_attention) | xla | cudnn | reference (plain einsums).
+  config.model.attention_impl = "auto"
   # Optional cross-attention context: none | class | text.
   config.model.context = ml_collections.ConfigDict()
   config.model.context.kind = "none"

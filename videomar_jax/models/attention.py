@@ -66,14 +66,39 @@ class FrameBlockMask:
     return jnp.concatenate(rows, axis=0)
 
 
+# Who computes softmax(q.k / sqrt(hd)) v. `auto` picks cuDNN's fused flash attention on a
+# GPU when it supports the call, else XLA's (`jax.nn.dot_product_attention` either way);
+# `reference` is this file's own einsums (the parity tests' reference).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "reference")
+
+
+def resolve_implementation(implementation: str, dtype, head_dim: int) -> str:
+  """The implementation `auto` stands for on this backend: `cudnn` on a GPU for bf16/fp16
+  inputs with a head_dim cuDNN's flash attention takes (a multiple of 8, at most 128),
+  else `xla`. Other names are returned as they are (an unknown one is an error)."""
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation {implementation!r} not in "
+                     f"{ATTENTION_IMPLEMENTATIONS}.")
+  if implementation != "auto":
+    return implementation
+  fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if jax.default_backend() == "gpu" and fused_dtype and head_dim % 8 == 0 and head_dim <= 128:
+    return "cudnn"
+  return "xla"
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           mask: "jax.Array | FrameBlockMask | None",
-                          chunk: int = 0) -> jax.Array:
+                          chunk: int = 0, implementation: str = "auto") -> jax.Array:
   """Softmax attention with logits and softmax in float32.
 
   q [B, Sq, H, hd], k/v [B, Sk, H, hd], mask boolean broadcastable to [B, H, Sq, Sk].
-  Disallowed keys get the most negative float, so they weigh exactly zero whenever a query
+  Disallowed keys get a large negative logit, so they weigh exactly zero whenever a query
   has at least one allowed key.
+
+  The product runs in `jax.nn.dot_product_attention` (`implementation`: see
+  `ATTENTION_IMPLEMENTATIONS`); the frame-causal structure is its boolean `mask` (cuDNN
+  turns it into an additive bias). `reference` runs the same math as plain einsums.
 
   With `chunk` > 0 and Sq > chunk, queries are processed `chunk` at a time under
   `jax.checkpoint`: the float32 [B, H, Sq, Sk] score matrix never exists, only one block of
@@ -83,17 +108,24 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   blocks are sliced out of it, not copied.
 
   A `FrameBlockMask` computes only the blocks it lists (same values up to float
-  summation order); with `chunk` it falls back to its dense form.
+  summation order) with the reference einsums; with `chunk`, or where cuDNN runs, it falls
+  back to its dense form (cuDNN's fused kernel on the dense mask beats gathered blocks).
   """
+  implementation = resolve_implementation(implementation, q.dtype, q.shape[-1])
   if isinstance(mask, FrameBlockMask):
-    if not (chunk and q.shape[1] > chunk):
+    if not (chunk and q.shape[1] > chunk) and implementation != "cudnn":
       return _frame_block_attention(q, k, v, mask)
     mask = mask.dense()[None, None]
   if chunk and q.shape[1] > chunk:
-    return _chunked_attention(q, k, v, mask, chunk)
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-  weights = _attention_weights(logits, mask, q.shape[-1], v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return _chunked_attention(q, k, v, mask, chunk, implementation)
+  if implementation == "reference":
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    weights = _attention_weights(logits, mask, q.shape[-1], v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  if mask is not None:
+    mask = jnp.asarray(mask, bool)
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
 def _attention_weights(logits, mask, head_dim: int, dtype) -> jax.Array:
@@ -137,7 +169,7 @@ def _frame_block_attention(q, k, v, mask: FrameBlockMask) -> jax.Array:
   return out.reshape(b, h, sq, hd).transpose(0, 2, 1, 3)
 
 
-def _chunked_attention(q, k, v, mask, chunk: int) -> jax.Array:
+def _chunked_attention(q, k, v, mask, chunk: int, implementation: str) -> jax.Array:
   """Query blocks sliced out of q and the mask inside the loop, so neither is copied (only a
   ragged last block pads them)."""
   b, sq, h, hd = q.shape
@@ -157,7 +189,7 @@ def _chunked_attention(q, k, v, mask, chunk: int) -> jax.Array:
     q_block = jax.lax.dynamic_slice_in_dim(q, start, chunk, axis=1)
     mask_block = (jax.lax.dynamic_slice_in_dim(mask, start, chunk, axis=2) if mask_has_rows
                   else mask)
-    return dot_product_attention(q_block, k, v, mask_block)
+    return dot_product_attention(q_block, k, v, mask_block, implementation=implementation)
 
   out = jax.lax.map(block, jnp.arange(num_blocks))  # [num_blocks, B, chunk, H, hd]
   return out.swapaxes(0, 1).reshape(b, num_blocks * chunk, h, hd)[:, :sq]
@@ -175,6 +207,7 @@ class SelfAttention(nn.Module):
   rope_base: float = 10000.0
   dtype: jnp.dtype = jnp.float32
   chunk: int = 0  # query block size of `dot_product_attention` (0: all at once)
+  implementation: str = "auto"  # see ATTENTION_IMPLEMENTATIONS
 
   def setup(self):
     head_dim = sum(self.rope_split)
@@ -194,7 +227,7 @@ class SelfAttention(nn.Module):
     return q, k, v
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    return self.wo(dot_product_attention(q, k, v, mask, self.chunk))
+    return self.wo(dot_product_attention(q, k, v, mask, self.chunk, self.implementation))
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
     q, k, v = self.project(x, positions)
@@ -206,6 +239,7 @@ class CrossAttention(nn.Module):
   width: int
   num_heads: int
   dtype: jnp.dtype = jnp.float32
+  implementation: str = "auto"  # see ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array) -> jax.Array:
@@ -217,6 +251,7 @@ class CrossAttention(nn.Module):
                use_bias=False, dtype=self.dtype)(context)
     q = RMSNorm(name="q_norm")(q)
     k = RMSNorm(name="k_norm")(kv[..., 0, :])
-    out = dot_product_attention(q, k, kv[..., 1, :], context_mask[:, None, None, :])
+    out = dot_product_attention(q, k, kv[..., 1, :], context_mask[:, None, None, :],
+                                implementation=self.implementation)
     return dense(self.width, ("heads", "kv", "embed"), in_axes=(-2, -1), name="wo",
                  use_bias=False, dtype=self.dtype)(out)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from videomar_jax.errors import ConfigError
 from videomar_jax.models import rope
-from videomar_jax.models.attention import CrossAttention, FrameBlockMask, SelfAttention
+from videomar_jax.models.attention import (ATTENTION_IMPLEMENTATIONS, CrossAttention,
+                                           FrameBlockMask, SelfAttention)
 from videomar_jax.models.layers import LayerNorm, constrain, dense
 
 # Logical axes of the residual stream [B, S, D]; `config.sharding.rules` maps them to the mesh
@@ -46,6 +47,7 @@ class TransformerConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_chunk: int = 0
+  attention_impl: str = "auto"  # see attention.ATTENTION_IMPLEMENTATIONS
   context_kind: str = "none"
   num_classes: int = 0
   context_dim: int = 0
@@ -64,6 +66,9 @@ class TransformerConfig:
     if self.remat_policy not in REMAT_POLICIES:
       raise ConfigError(f"model.remat_policy {self.remat_policy!r} not in "
                         f"{sorted(REMAT_POLICIES)}.")
+    if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+      raise ConfigError(f"model.attention_impl {self.attention_impl!r} not in "
+                        f"{ATTENTION_IMPLEMENTATIONS}.")
     if self.context_kind not in CONTEXT_KINDS:
       raise ConfigError(f"model.context.kind {self.context_kind!r} not in {CONTEXT_KINDS}.")
     if self.context_kind == "class" and self.num_classes <= 0:
@@ -101,7 +106,7 @@ class Block(nn.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table
     h = LayerNorm(eps=1e-5, name="norm1")(x) * (1 + scale_msa) + shift_msa
     attn = SelfAttention(cfg.width, cfg.num_heads, cfg.rope_split, cfg.rope_base, cfg.dtype,
-                         cfg.attention_chunk, name="attn1")
+                         cfg.attention_chunk, cfg.attention_impl, name="attn1")
     q, k, v = attn.project(h.astype(cfg.dtype), positions)
     new_kv = {"k": k, "v": v} if self.return_kv else None
     if kv_cache is not None:
@@ -109,7 +114,8 @@ class Block(nn.Module):
       v = jnp.concatenate([kv_cache["v"].astype(v.dtype), v], axis=1)
     x = x + gate_msa * attn.attend(q, k, v, attn_mask)
     if cfg.uses_context:
-      x = x + CrossAttention(cfg.width, cfg.num_heads, cfg.dtype, name="attn2")(
+      x = x + CrossAttention(cfg.width, cfg.num_heads, cfg.dtype, cfg.attention_impl,
+                             name="attn2")(
           x.astype(cfg.dtype), context, context_mask)
     h = LayerNorm(eps=1e-5, name="norm2")(x) * (1 + scale_mlp) + shift_mlp
     h = dense(cfg.width * cfg.mlp_ratio, ("embed", "mlp"), name="ff_proj", use_bias=False,

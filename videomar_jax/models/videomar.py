@@ -32,7 +32,7 @@ def transformer_config(config: ml_collections.ConfigDict, token_dim: int) -> Tra
       token_dim=token_dim, width=m.width, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, rope_split=tuple(m.rope_split), rope_base=m.rope_base,
       dtype=parse_dtype(m.dtype), scan_layers=m.scan_layers, remat_policy=m.remat_policy,
-      attention_chunk=m.attention_chunk,
+      attention_chunk=m.attention_chunk, attention_impl=m.get("attention_impl", "auto"),
       context_kind=m.context.kind, num_classes=m.context.num_classes,
       context_dim=m.context.dim, context_length=m.context.length,
       pos_embed_size=m.get("pos_embed_size", 0))

@@ -36,6 +36,7 @@ from videomar_jax.errors import ConfigError, UserError
 _MODEL_SECTIONS = ("model", "head.width", "head.depth", "tokenizer.name",
                    "tokenizer.patch_size", "tokenizer.variant", "tokenizer.latent_channels")
 _COMPUTE_ONLY = ("model.dtype", "model.remat_policy", "model.attention_chunk",
+                 "model.attention_impl",
                  "model.context.drop_prob")
 
 
