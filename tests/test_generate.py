@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import perturb, small_config
-from videomar_jax.sampling import schedules
+from videomar_jax.sampling import generate as generate_module, schedules
 from videomar_jax.train.setup import make_model
 from videomar_jax.sampling.generate import SamplerSettings, generate, generate_teacher_forced
 
@@ -223,3 +223,35 @@ def test_context_noise_reaches_later_frames_only_and_cache_equals_no_cache():
   assert np.abs(out[0.5, "kv_cache"][:, 2:] - out[0.0, "kv_cache"][:, 2:]).max() > 1e-3
   with pytest.raises(ValueError, match="context_noise"):
     SamplerSettings(num_frames=3, context_noise=-1.0)
+
+
+@pytest.mark.parametrize("teacher_forced", [False, True])
+def test_cache_slicing_changes_nothing_but_speed(teacher_forced):
+  # Frames read static slices of the KV cache (per power of two, per frame, or the whole
+  # preallocated cache): the slots left out are exactly the ones the mask hides.
+  model, params = _model()
+  clip = jax.random.normal(jax.random.key(7), (B, 6, N, model.token_dim))
+  out = {}
+  for slicing in ("pow2", "frame", "none"):
+    settings = SamplerSettings(num_frames=6, num_steps=2, cache_slicing=slicing)
+    if teacher_forced:
+      out[slicing] = generate_teacher_forced(model, params, clip, jax.random.key(8), settings,
+                                             (H, W))["tokens"]
+    else:
+      out[slicing] = generate(model, params, clip[:, :1], jax.random.key(8), settings,
+                              (H, W))["tokens"]
+  _assert_same_video(out["pow2"], out["none"])
+  _assert_same_video(out["frame"], out["none"])
+
+
+def test_cache_groups_cover_every_frame_with_enough_of_the_cache():
+  frames = np.arange(1, 16)
+  for slicing in ("pow2", "frame", "none"):
+    groups = generate_module.cache_groups(frames, 16, slicing)
+    np.testing.assert_array_equal(np.concatenate([g for _, g in groups]), frames)
+    for visible, group in groups:
+      assert np.all(group <= visible) and visible <= 16
+  pow2 = generate_module.cache_groups(frames, 16, "pow2")
+  assert [v for v, _ in pow2] == [1, 2, 4, 8, 15]  # log2(T) programs, capped at T - 1
+  with pytest.raises(ValueError, match="cache_slicing"):
+    SamplerSettings(num_frames=3, cache_slicing="exact")

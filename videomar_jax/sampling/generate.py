@@ -8,6 +8,10 @@
    the frame itself), and the diffusion head samples the tokens this step reveals; then the
    finished clean frame runs once more and its keys and values are written into the cache
    in place (`dynamic_update_slice`). Unwritten cache slots are masked out.
+   Frame f can see only the f frames before it, so it attends to a static slice of the
+   cache, not to all of it: frames are grouped by how much of the cache they can see
+   (`cache_slicing`, below), one scan per group, so early frames do not pay for slots that
+   are still empty.
 3. The per-step counts depend only on N and S (`schedules.py`), so every shape is static.
    The head runs only on the tokens revealed at a step, padded to the largest step's count;
    never on all N tokens.
@@ -34,6 +38,11 @@ from videomar_jax.models.layers import KV_CACHE_AXES, constrain
 from videomar_jax.sampling import schedules
 
 SAMPLER_MODES = ("kv_cache", "no_cache", "next_token")
+# How much of the KV cache frame f attends to (it can see frames < f): `pow2` slices it to
+# the next power of two of f frames (one scan per power: log2(T) compiled frame programs,
+# at most 2x the visible slots), `frame` to exactly f frames (one program per frame:
+# the fastest run, the longest compile), `none` never (one program, every slot).
+CACHE_SLICING = ("pow2", "frame", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +64,13 @@ class SamplerSettings:
   # Clip the diffusion head's predicted x_0 to [-c, c] at every denoising step (IDDPM's
   # clip_denoised); None = the model's `head.clip_denoised` (0 = MAR: no clipping).
   clip_denoised: float | None = None
+  cache_slicing: str = "pow2"  # see CACHE_SLICING (mode kv_cache / next_token)
 
   def __post_init__(self):
     if self.mode not in SAMPLER_MODES:
       raise ValueError(f"sampler mode {self.mode!r} not in {SAMPLER_MODES}.")
+    if self.cache_slicing not in CACHE_SLICING:
+      raise ValueError(f"cache_slicing {self.cache_slicing!r} not in {CACHE_SLICING}.")
     if self.context_noise < 0:
       raise ValueError(f"context_noise={self.context_noise} must be >= 0.")
 
@@ -156,17 +168,23 @@ def _generate(model, params, given_tokens, rng, settings, grid, context, context
   if teacher_forced:
     given_tokens = true_clip[:, :num_given]
   decoder = _Decoder(model, params, given_tokens, settings, grid, context, context_mask)
-  frames_to_make = (jnp.arange(decoder.num_given, decoder.num_frames),
-                    jnp.asarray(decoder.temperatures))
+  frames = np.arange(decoder.num_given, decoder.num_frames)
+  temperatures = np.asarray(decoder.temperatures)
   prefill = true_clip if teacher_forced else given_tokens
   if settings.mode == "no_cache":
     state = decoder.prefill_without_cache(prefill)
-    frame_fn = decoder.frame_without_cache
+    step = functools.partial(decoder.frame_without_cache, rng=rng, write_back=not teacher_forced)
+    _, (generated, counts) = jax.lax.scan(step, state, (frames, temperatures))
   else:
-    state = decoder.prefill_with_cache(prefill)
-    frame_fn = decoder.frame_with_cache
-  step = functools.partial(frame_fn, rng=rng, write_back=not teacher_forced)
-  _, (generated, counts) = jax.lax.scan(step, state, frames_to_make)
+    state, outputs = decoder.prefill_with_cache(prefill), []
+    for visible_frames, group in cache_groups(frames, decoder.num_frames,
+                                              settings.cache_slicing):
+      step = functools.partial(decoder.frame_with_cache, rng=rng,
+                               write_back=not teacher_forced, visible_frames=visible_frames)
+      index = group - decoder.num_given
+      state, out = jax.lax.scan(step, state, (group, temperatures[index]))
+      outputs.append(out)
+    generated, counts = (jnp.concatenate(parts) for parts in zip(*outputs))
   tokens = jnp.concatenate([given_tokens, jnp.moveaxis(generated, 0, 1)], axis=1)
   return {"tokens": tokens, "write_counts": jnp.moveaxis(counts, 0, 1)}
 
@@ -271,25 +289,29 @@ class _Decoder:
                      sequence.frame_causal_mask(n, num_tokens), return_kv=True)
     return DecodeState(kv_cache=_write_kv(cache, kv, 0))
 
-  def frame_with_cache(self, state: DecodeState, xs, *, rng, write_back: bool):
-    """Frame f from the cache of frames < f; written back when free-running."""
+  def frame_with_cache(self, state: DecodeState, xs, *, rng, write_back: bool,
+                       visible_frames: int):
+    """Frame f from the cache of frames < f (f <= `visible_frames`: the cache is read
+    through a static slice of that many frames); written back when free-running."""
     f, temperature = xs
-    b, num_tokens, t_total = self.batch, self.num_tokens, self.num_frames
+    b, num_tokens = self.batch, self.num_tokens
     positions = (jnp.asarray(sequence.frame_positions([0], self.h, self.w))
                  + jnp.array([1, 0, 0]) * f)
-    slot_frame = jnp.repeat(jnp.arange(t_total), num_tokens)  # frame of every cache slot
-    # Keys: all cache slots (visible iff written, i.e. of a frame < f), then the frame itself.
+    slots = visible_frames * num_tokens
+    cache = {name: a[:, :, :slots] for name, a in state.kv_cache.items()}
+    slot_frame = jnp.repeat(jnp.arange(visible_frames), num_tokens)  # frame of every slot
+    # Keys: the cache slots (visible iff written, i.e. of a frame < f), then the frame itself.
     attn_mask = jnp.concatenate([
-        jnp.broadcast_to(slot_frame < f, (num_tokens, t_total * num_tokens)),
+        jnp.broadcast_to(slot_frame < f, (num_tokens, slots)),
         jnp.ones((num_tokens, num_tokens), bool)], axis=1)
     transformer_fn = lambda tokens, is_masked: self.run(
-        tokens, is_masked, positions, attn_mask, kv_cache=state.kv_cache)
+        tokens, is_masked, positions, attn_mask, kv_cache=cache)
     tokens, counts = self.sample_frame(jax.random.fold_in(rng, f), temperature, transformer_fn)
     if not write_back:
       return state, (tokens, counts)
     context = as_context(tokens, self.settings, jax.random.fold_in(rng, f))
     _, kv = self.run(context, jnp.zeros((b, num_tokens), bool), positions, attn_mask,
-                     kv_cache=state.kv_cache, return_kv=True)  # the finished frame once more
+                     kv_cache=cache, return_kv=True)  # the finished frame once more
     return state.replace(kv_cache=_write_kv(state.kv_cache, kv, f * num_tokens)), (tokens,
                                                                                     counts)
 
@@ -330,6 +352,18 @@ class _Decoder:
       context = as_context(tokens, self.settings, jax.random.fold_in(rng, f))
       video = jax.lax.dynamic_update_slice(video, context[:, None], (0, f, 0, 0))
     return state.replace(video=video), (tokens, counts)
+
+
+def cache_groups(frames: np.ndarray, num_frames: int, slicing: str):
+  """[(visible_frames, frames)]: the frames to generate (ascending) grouped by the static
+  cache slice they read (see CACHE_SLICING); frame f needs at least f frames of it."""
+  if slicing == "none":
+    return [(num_frames, frames)]
+  if slicing == "frame":
+    bounds = frames
+  else:
+    bounds = np.minimum(2 ** np.ceil(np.log2(frames)).astype(int), num_frames - 1)
+  return [(int(bound), frames[bounds == bound]) for bound in np.unique(bounds)]
 
 
 def _write_kv(cache: dict, kv: dict, slot) -> dict:
