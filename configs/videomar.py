@@ -35,6 +35,10 @@ MODEL_PRESETS = {
     "small": ModelSize(width=256, depth=6, num_heads=4, head_width=256, head_depth=3),
     "base": ModelSize(width=768, depth=12, num_heads=12, head_width=768, head_depth=3),
     "paper": ModelSize(width=1536, depth=36, num_heads=24, head_width=1024, head_depth=3),
+    # `videomar bench sampler`'s default model: the `small` transformer with a narrow head,
+    # so that, as in the paper's model, the transformer passes and not the head's denoising
+    # steps carry the FLOPs of a generation (docs/benchmarks.md gives the split).
+    "sampler_bench": ModelSize(width=256, depth=6, num_heads=4, head_width=64, head_depth=3),
 }
 
 

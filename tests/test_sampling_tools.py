@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, small_config
+from videomar_jax.config_files import load_config
+from videomar_jax.sampling.generate import SamplerSettings
 from videomar_jax.tools import bench_sampler as bench
 from videomar_jax.data import bouncing_balls
 from videomar_jax.eval import balls
@@ -109,9 +111,30 @@ def test_sampler_benchmark_reports_every_key():
                                repeats=1, log=lambda *_: None)
   for key in ("kv_cache_s", "no_cache_s", "next_token_s", "speedup_no_cache_over_kv",
               "speedup_next_token_over_kv", "generated_frames", "steps_per_frame",
-              "tokens_per_frame", "achieved_flops", "peak_flops"):
+              "tokens_per_frame", "achieved_flops", "peak_flops", "kv_cache_flops"):
     assert key in result and np.isfinite(result[key]) and result[key] > 0, key
   assert result["tokens_per_frame"] == 9 and result["steps_per_frame"] == 3
+  for mode in ("kv_cache", "no_cache", "next_token"):  # the transformer / head time split
+    transformer, head = result[f"{mode}_transformer_s"], result[f"{mode}_head_s"]
+    assert transformer > 0 and head >= 0
+    np.testing.assert_allclose(transformer + head, result[f"{mode}_s"])
+    assert 0 < result[f"{mode}_transformer_flops_share"] < 1
+  with pytest.raises(ValueError, match="bench_steps"):
+    bench.bench_sampler(config, grid_side=3, steps_per_frame=10, log=lambda *_: None)
+
+
+def test_sampler_benchmark_flops_follow_the_cache_slices():
+  # kv_cache reads frame f's slice of the cache: fewer FLOPs than over every slot, and far
+  # fewer than re-running the clip (no_cache); the default preset is transformer-dominated.
+  bench_config = load_config("videomar:" + bench.DEFAULT_PRESET)
+  flops = {}
+  for mode, slicing in (("kv_cache", "pow2"), ("kv_cache", "none"), ("no_cache", "pow2")):
+    settings = SamplerSettings(num_frames=7, num_steps=16, mode=mode, cache_slicing=slicing)
+    flops[mode, slicing] = bench.generation_flops(bench_config, 256, 1, 7, settings)
+  assert flops["kv_cache", "pow2"]["transformer"] < flops["kv_cache", "none"]["transformer"]
+  assert flops["no_cache", "pow2"]["transformer"] > 4 * flops["kv_cache", "pow2"]["transformer"]
+  kv = flops["kv_cache", "pow2"]
+  assert kv["transformer"] / kv["total"] > 0.8
 
 
 def _cli(*args):

@@ -97,6 +97,9 @@ _SEEDS = flags.DEFINE_string("seeds", None, "evaluate: comma-separated sampling 
                              "scored and averaged (default: --seed).")
 _JSON = flags.DEFINE_string("json", None, "bench: where to write the figures.")
 _GRID = flags.DEFINE_integer("bench_grid", 16, "bench sampler: tokens per frame side.")
+_BENCH_STEPS = flags.DEFINE_integer("bench_steps", 16, "bench sampler: unmasking steps per "
+                                    "frame (S; the paper: N / S = 16).")
+_BENCH_FRAMES = flags.DEFINE_integer("bench_frames", 6, "bench sampler: generated frames.")
 _REPEATS = flags.DEFINE_integer("bench_repeats", 3, "bench sampler: timed runs per mode; "
                                 "bench train: timed steps.")
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -421,9 +424,17 @@ def cmd_bench_train(_):
 
 def cmd_bench_sampler(_):
   from videomar_jax.tools import bench_sampler as bench  # pylint: disable=g-import-not-at-top
-  config = _require(_CONFIG, "bench sampler")
-  result = bench.bench_sampler(config, grid_side=_GRID.value, repeats=_REPEATS.value,
-                               steps_per_frame=min(64, _GRID.value ** 2))
+  if _CONFIG.value is None:  # the default: the paper's regime at CPU size (see the preset)
+    from videomar_jax.config_files import load_config  # pylint: disable=g-import-not-at-top
+    config = load_config(f"videomar:{bench.DEFAULT_PRESET}")
+  else:
+    config = _require(_CONFIG, "bench sampler")
+  try:
+    result = bench.bench_sampler(config, grid_side=_GRID.value, repeats=_REPEATS.value,
+                                 steps_per_frame=_BENCH_STEPS.value,
+                                 generated_frames=_BENCH_FRAMES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   text = json.dumps(result, indent=2)
   print(text, flush=True)
   if _JSON.value:
