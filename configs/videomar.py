@@ -268,6 +268,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         ml_collections.ConfigDict(dict(num_frames=4, resolution=32, steps=2600, batch_size=0)),
         ml_collections.ConfigDict(dict(num_frames=4, resolution=32, steps=300, batch_size=0)),
     ]
+  if preset in ("small", "sampler_bench"):
+    # Unrolled blocks, as `tiny`: on a CPU, XLA's while loop over the layers zero-fills and
+    # copies the stacked activations the backward pass reads (a `small` training step
+    # measured 22.4 instead of 33.2 CPU-thread-seconds unrolled; docs/benchmarks.md).
+    config.model.scan_layers = False
+
   if preset == "tiny_long":
     # The `tiny` recipe trained ~3.2x longer, about 51 minutes on 2 CPU cores (run r18 of
     # docs/experiments.md): free-running 1.43 px, 3.8x better than copying the first frame.

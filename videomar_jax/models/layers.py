@@ -108,3 +108,24 @@ class RMSNorm(nn.Module):
                                                               (self.axis_name,)),
                         (x.shape[-1],))
     return (y * weight).astype(x.dtype)
+
+
+@jax.custom_jvp
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """GELU, tanh approximation (`jax.nn.gelu(x, approximate=True)`, the same forward values),
+  with a hand-written derivative.
+
+  Autodiff of the formula keeps five activations of the FFN's hidden size (x, x^2, x^3,
+  tanh, ...) for the backward pass and reads them all again there: on CPU that one
+  memory-bound fusion took ~30% of a `small` training step. This derivative keeps one."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+@gelu_tanh.defjvp
+def _gelu_tanh_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  c, a = jnp.sqrt(2.0 / jnp.pi).astype(x.dtype), jnp.asarray(0.044715, x.dtype)
+  t = jnp.tanh(c * (x + a * x ** 3))
+  y = 0.5 * x * (1 + t)
+  slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * a * x * x)
+  return y, slope * dx

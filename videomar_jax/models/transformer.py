@@ -19,7 +19,7 @@ from videomar_jax.errors import ConfigError
 from videomar_jax.models import rope
 from videomar_jax.models.attention import (ATTENTION_IMPLEMENTATIONS, CrossAttention,
                                            FrameBlockMask, SelfAttention)
-from videomar_jax.models.layers import LayerNorm, constrain, dense
+from videomar_jax.models.layers import LayerNorm, constrain, dense, gelu_tanh
 
 # Logical axes of the residual stream [B, S, D]; `config.sharding.rules` maps them to the mesh
 # (batch over data+fsdp by default). A no-op unless rules are active (see parallel/).
@@ -120,7 +120,7 @@ class Block(nn.Module):
     h = LayerNorm(eps=1e-5, name="norm2")(x) * (1 + scale_mlp) + shift_mlp
     h = dense(cfg.width * cfg.mlp_ratio, ("embed", "mlp"), name="ff_proj", use_bias=False,
               dtype=cfg.dtype)(h.astype(cfg.dtype))
-    h = nn.gelu(h, approximate=True)
+    h = gelu_tanh(h)
     h = dense(cfg.width, ("mlp", "embed"), name="ff_out", use_bias=False, dtype=cfg.dtype)(h)
     x = (x + gate_mlp * h).astype(jnp.float32)
     return constrain(x, ACTIVATION_AXES), new_kv
