@@ -450,6 +450,8 @@ def cmd_bench_tokenizer(_):
   result = bench_tokenizer(variant, num_frames=_NUM_FRAMES.value or 17,
                            resolution=_RESOLUTION.value, batch_size=_BENCH_BATCH.value,
                            repeats=_REPEATS.value)
+  if "torch_encode_seconds" not in result:  # the one line saying why there is no comparison
+    print(f"bench tokenizer: torch comparison {result['torch_comparison']}", file=sys.stderr)
   text = json.dumps(result, indent=2)
   print(text, flush=True)
   if _JSON.value:
