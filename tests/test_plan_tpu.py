@@ -98,10 +98,30 @@ def test_plan_command_line_for_a_topology_next_to_the_cpu_estimate(tmp_path):
                 f"--json={tmp_path}/plan.json")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "(4 chips, TPU v5 lite)" in result.stdout
-  assert "v5e:2x2: peak" in result.stdout and "GiB HBM per chip -> fits" in result.stdout
+  assert "v5e:2x2: peak" in result.stdout and "; 16.00 GiB HBM per chip -> fits" in result.stdout
   assert "CPU estimate" in result.stdout
   with open(tmp_path / "plan.json") as f:
     saved = json.load(f)
   assert saved["topology"] == "v5e:2x2" and saved["fits"] is True
   assert saved["cpu_estimate"]["mesh"] == saved["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
   assert saved["cpu_estimate"]["device_kind"] == "cpu"
+
+
+def test_a_step_the_compiler_refuses_is_reported_as_not_fitting():
+  """What plan_for_topology returns when libtpu refuses the program (measured: tiny at
+  batch 65536 on v5e:2x2, 12 minutes to refuse, too slow to compile here)."""
+  refused = {
+      "mesh": {"data": 4, "fsdp": 1, "tensor": 1}, "num_devices": 4,
+      "device_kind": "TPU v5 lite", "dtype": "float32", "parameters": 1089888,
+      "state_bytes_total": 17438208, "per_device_bytes": None,
+      "stage": {"num_frames": 4, "resolution": 32, "batch_size": 65536, "latent_frames": 4,
+                "tokens_per_frame": 64, "sequence_length": 384},
+      "compiler_error": "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+                        "required for HLO temporaries (290.18G) exceeds available HBM "
+                        "(15.75G).",
+      "topology": "v5e:2x2", "hbm_bytes_per_chip": 16 * GIB, "fits": False,
+      "compile_seconds": 701.0}
+  text = plan_lib.format_plan(refused)
+  assert "the compiler: RESOURCE_EXHAUSTED: Ran out of memory on HBM" in text
+  assert text.splitlines()[-1] == ("v5e:2x2: the compiler refused the step; 16.00 GiB HBM "
+                                   "per chip -> DOES NOT FIT")

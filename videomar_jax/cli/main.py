@@ -32,7 +32,6 @@ import logging as std_logging
 import math
 import os
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -179,8 +179,9 @@ def format_plan(result: dict) -> str:
         "loop's body once)",
     ]
   if "topology" in result:
-    peak = "does not compile" if d is None else f"peak {_gib(d['peak_estimate']).strip()}"
-    lines.append(f"{result['topology']}: {peak} of {result['hbm_bytes_per_chip'] / 2**30:.2f} "
+    peak = ("the compiler refused the step" if d is None
+            else f"peak {_gib(d['peak_estimate']).strip()}")
+    lines.append(f"{result['topology']}: {peak}; {result['hbm_bytes_per_chip'] / 2**30:.2f} "
                  f"GiB HBM per chip -> {'fits' if result['fits'] else 'DOES NOT FIT'}")
   return "\n".join(lines)
 

@@ -8,9 +8,9 @@ program's memory and cost analyses are the TPU compiler's own, so per-chip memor
 where the CPU plan's is an estimate.
 
 HBM per chip, from Google's Cloud TPU pages (v4: "32 GiB"; v5e: "16 GB"; v5p: "95 GB"; v6e:
-"32 GB"; all 2^30 here). The compiler's own limit is a little lower (it reported 15.75G
-available on v5e when a program did not fit), so a plan within a few percent of the figure
-is marginal.
+"32 GB"; all taken as 2^30 bytes here). The compiler's own limit differs a little (refusing
+programs, it reported 15.75G available on v5e and 95.74G on v5p), so a plan within a few
+percent of the figure is marginal; a program over the compiler's limit is refused outright.
 """
 
 import dataclasses
@@ -93,7 +93,7 @@ def topology_devices(topology: Topology) -> list:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   shape = topology.shape + (1,) * (3 - len(topology.shape))
-  # A host holds up to 2x2x1 chips (v5e/v6e hosts of 8 are two of those to the compiler).
+  # Hosts of 2x2x1 chips (a smaller slice: one host), as for a multi-host TPU VM slice.
   per_host = (min(shape[0], 2), min(shape[1], 2), 1)
   spec = f"{topology.chip.generation}:{'x'.join(map(str, topology.shape))}"
   try:
