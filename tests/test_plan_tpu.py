@@ -125,3 +125,12 @@ def test_a_step_the_compiler_refuses_is_reported_as_not_fitting():
   assert "the compiler: RESOURCE_EXHAUSTED: Ran out of memory on HBM" in text
   assert text.splitlines()[-1] == ("v5e:2x2: the compiler refused the step; 16.00 GiB HBM "
                                    "per chip -> DOES NOT FIT")
+
+
+def test_a_mesh_the_slice_cannot_lay_out_is_one_line():
+  """v5p:4x8x8 has 256 chips, but no product of its axes (4, 8, 8) is 16: data 16 x fsdp
+  16 cannot be placed on it (on the real slice no more than here)."""
+  line = _one_error_line(_cli("--config=paper", "--topology=v5p:4x8x8",
+                              "--mesh=data:16,fsdp:16"))
+  assert ("mesh {'data': 16, 'fsdp': 16, 'tensor': 1} does not map onto the slice's physical "
+          "axes: Failed to find assignment for logical_axis_index 1 of size 16") in line
