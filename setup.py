@@ -61,6 +61,11 @@ setup(
         # diffusers: its AutoencoderKLCosmos is the reference of the Cosmos tokenizer's
         # parity tests and reads diffusers-layout tokenizer weights.
         "torch": ["torch>=2.4", "diffusers>=0.34"],
+        # libtpu, the TPU compiler: `videomar plan --topology=v5p:4x4x4` compiles the train
+        # step for a slice on a machine without one (and a TPU VM runs on it). jax's own
+        # `tpu` extra picks the libtpu release that matches the installed jax (jax 0.10.2:
+        # libtpu 0.0.42.*; a ~213 MB wheel, ~684 MB installed).
+        "tpu": ["jax[tpu]"],
     },
     entry_points={"console_scripts": ["videomar=videomar_jax.cli.main:run"]},
 )

@@ -17,7 +17,7 @@ fi
 STAMP=".venv/.videomar_installed_$(cat setup.py ${CONSTRAINTS:+"$CONSTRAINTS"} | sha1sum \
   | cut -c1-12)"
 if [ ! -f "$STAMP" ]; then
-  echo "[setup] installing videomar_jax with extras [test,torch] (first run takes a few minutes)"
+  echo "[setup] installing videomar_jax with extras [test,torch,tpu] (first run takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     # The CPU build of torch (the `torch` extra accepts any >= 2.4, and PyPI's default
@@ -27,7 +27,7 @@ if [ ! -f "$STAMP" ]; then
         --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
       || .venv/bin/python -m pip install -q "$TORCH"
   fi
-  .venv/bin/python -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,torch]"
+  .venv/bin/python -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,torch,tpu]"
   rm -f .venv/.videomar_installed_* && touch "$STAMP"
 fi
 export PATH="$REPO_ROOT/.venv/bin:$PATH"

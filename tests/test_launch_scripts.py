@@ -228,7 +228,7 @@ def _source_env(root, **env) -> list[str]:
 
 
 def test_env_installs_with_the_constraints_again_when_they_change(checkout):
-  install = "-m pip install -q -c launch/constraints.txt -e .[test,torch]"
+  install = "-m pip install -q -c launch/constraints.txt -e .[test,torch,tpu]"
   calls = _source_env(checkout)
   assert calls[-1] == install and "-c import torch" in calls
   assert _source_env(checkout) == []  # installed: the stamp is there
@@ -237,7 +237,7 @@ def test_env_installs_with_the_constraints_again_when_they_change(checkout):
   assert _source_env(checkout)[-1] == install
   assert len(list((checkout / ".venv").glob(".videomar_installed_*"))) == 1
   # Without the constraints (VIDEOMAR_CONSTRAINTS= ), a plain install.
-  assert _source_env(checkout, VIDEOMAR_CONSTRAINTS="")[-1] == "-m pip install -q -e .[test,torch]"
+  assert _source_env(checkout, VIDEOMAR_CONSTRAINTS="")[-1] == "-m pip install -q -e .[test,torch,tpu]"
 
 
 def test_env_installs_the_tested_torch_first_when_there_is_none(checkout):
@@ -246,7 +246,7 @@ def test_env_installs_the_tested_torch_first_when_there_is_none(checkout):
   assert torch == ["-m pip install -q --retries 0 --timeout 20 torch==2.13.0 --index-url "
                    "https://download.pytorch.org/whl/cpu"], calls
   assert calls.index(torch[0]) < calls.index(
-      "-m pip install -q -c launch/constraints.txt -e .[test,torch]")
+      "-m pip install -q -c launch/constraints.txt -e .[test,torch,tpu]")
   # Constraints leave torch to this step: a pin there would fight $VIDEOMAR_TORCH.
   constraints = (checkout / "launch" / "constraints.txt").read_text().splitlines()
   assert not [l for l in constraints if l.lower().startswith(("torch=", "nvidia-", "triton"))]

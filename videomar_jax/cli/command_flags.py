@@ -78,7 +78,9 @@ COMMAND_FLAGS: dict[str, dict[str, str]] = {
         "bench_batch_size": "", "bench_repeats": "Timed calls.",
         "json": "Where to write the figures."},
     "plan": {"config": "", "mesh": "Mesh sizes, e.g. data:4,fsdp:16,tensor:1 (compiled on "
-                                   "that many fake CPU devices).",
+                                   "that many fake CPU devices; with --topology: overrides "
+                                   "config.mesh, -1 fills).",
+             "topology": "", "cpu_estimate": "",
              "json": "Where to write the plan."},
     "verify": {"torch_checkpoint": "", "torch_entry": "", "key_map": "", "config": "",
                "inputs": "", "outputs": "", "tolerance": "", "verify_seed": "",

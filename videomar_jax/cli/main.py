@@ -12,6 +12,8 @@
   videomar bench train --config=configs/videomar.py:small --json=out.json [--mesh=data:1]
   videomar bench tokenizer --variant=CV8x8x8 --num_frames=17 --resolution=128 --json=out.json
   videomar plan --config=configs/videomar.py:paper --mesh=data:4,fsdp:16,tensor:1
+  videomar plan --config=configs/videomar.py:paper --topology=v5p:4x4x4 [--mesh=fsdp:-1]
+      [--cpu_estimate] (the TPU compiler, no TPU: pip install -e .[tpu])
   videomar verify --torch_checkpoint=PATH --config=... (see cli/torch_commands.py)
   videomar torch export --checkpoint=RUN_OR_STEP --out=model.safetensors
   videomar torch keys --torch_checkpoint=PATH [--config=...] [--key_map=renames.json]
@@ -30,7 +32,6 @@ import logging as std_logging
 import math
 import os
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -111,6 +112,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
 _MESH = flags.DEFINE_string("mesh", None, "plan / bench train: mesh sizes, e.g. "
                             "data:4,fsdp:16,tensor:1 (plan: that many fake CPU devices).")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "plan: compile with the TPU compiler for a slice, e.g. v5p:4x4x4, "
+    "v4:2x2x1, v5e:2x2, v6e:4x4 (needs the tpu extra: pip install -e .[tpu]).")
+_CPU_ESTIMATE = flags.DEFINE_bool("cpu_estimate", False, "plan --topology: also compile on "
+                                  "fake CPU devices and print both.")
 _BENCH_BATCH = flags.DEFINE_integer("bench_batch_size", 1, "bench tokenizer: clips per call.")
 _NUM_FRAMES_INFO = flags.DEFINE_integer("info_num_frames", 0, "info: pixel frames of the "
                                         "clip to count FLOPs for (0 = the last stage's).")
@@ -385,20 +391,36 @@ def cmd_sample(_):
 
 def cmd_plan(_):
   # pylint: disable=g-import-not-at-top
-  from videomar_jax.tools import plan
+  from videomar_jax.tools import plan, tpu_topology
   from videomar_jax.parallel.mesh import parse_mesh
   from videomar_jax.train import trainer
   # pylint: enable=g-import-not-at-top
   config = _require(_CONFIG, "plan")
-  sizes = parse_mesh(_require(_MESH, "plan"))
-  plan.ensure_cpu_devices(math.prod(sizes.values()))  # before JAX starts its backend
-  trainer.validate(config)  # before minutes of compiling
-  start = time.perf_counter()
-  result = plan.plan(config, sizes)
-  result["compile_seconds"] = time.perf_counter() - start
-  print(plan.format_plan(result))
-  print(f"(compiled on {result['num_devices']} fake CPU devices in "
-        f"{result['compile_seconds']:.0f} s)", flush=True)
+  if _TOPOLOGY.value is None:
+    sizes = parse_mesh(_require(_MESH, "plan"))
+    plan.ensure_cpu_devices(math.prod(sizes.values()))  # before JAX starts its backend
+    trainer.validate(config)  # before minutes of compiling
+    result = plan.plan(config, sizes)
+    print(plan.format_plan(result))
+    print(f"(compiled on {result['num_devices']} fake CPU devices in "
+          f"{result['compile_seconds']:.0f} s)", flush=True)
+  else:
+    topology = tpu_topology.parse_topology(_TOPOLOGY.value)
+    if _MESH.value:
+      config.mesh.update(parse_mesh(_MESH.value))
+    plan.topology_mesh_sizes(config, topology)  # a mesh the slice cannot take: before libtpu
+    tpu_topology.require_libtpu()
+    # The CPU estimate compiles on one fake CPU device per chip; the TPU plan needs none.
+    plan.ensure_cpu_devices(topology.num_chips if _CPU_ESTIMATE.value else 1)
+    trainer.validate(config)
+    result = plan.plan_for_topology(config, topology)
+    print(plan.format_plan(result))
+    print(f"(compiled by libtpu for {topology.name} in {result['compile_seconds']:.0f} s)",
+          flush=True)
+    if _CPU_ESTIMATE.value:
+      cpu = plan.plan(config, result["mesh"])
+      print(plan.format_comparison(result, cpu), flush=True)
+      result["cpu_estimate"] = cpu
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(result, f, indent=2)

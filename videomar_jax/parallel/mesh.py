@@ -72,5 +72,9 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
   if devices[0].platform == "cpu":  # no physical topology to follow
     device_array = np.asarray(devices).reshape(shape)
   else:  # topology-aware placement; a shape the slice cannot take is an error, not a fallback
-    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    try:
+      device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    except NotImplementedError as e:  # each axis must be a product of physical axes
+      raise ConfigError(f"mesh {sizes} does not map onto the slice's physical axes: "
+                        f"{str(e).split('. ')[0]}.") from None
   return jax.sharding.Mesh(device_array, MESH_AXES)
