@@ -250,3 +250,12 @@ def test_env_installs_the_tested_torch_first_when_there_is_none(checkout):
   # Constraints leave torch to this step: a pin there would fight $VIDEOMAR_TORCH.
   constraints = (checkout / "launch" / "constraints.txt").read_text().splitlines()
   assert not [l for l in constraints if l.lower().startswith(("torch=", "nvidia-", "triton"))]
+
+
+def test_gpu_bench_script_documents_itself_and_rejects_unknown_arguments():
+  script = os.path.join(REPO, "launch", "gpu_bench.sh")
+  shown = subprocess.run(["bash", script, "--help"], capture_output=True, text=True)
+  assert shown.returncode == 0 and "bench sampler" in shown.stdout
+  bad = subprocess.run(["bash", script, "--fast"], capture_output=True, text=True)
+  assert bad.returncode == 2 and "unknown argument '--fast'" in bad.stderr
+  assert subprocess.run(["bash", "-n", script]).returncode == 0

@@ -1,5 +1,6 @@
 """`videomar plan` (compile-only capacity planning) and `videomar bench train` (MFU)."""
 
+import glob
 import json
 import os
 import subprocess
@@ -44,9 +45,12 @@ def test_plan_command_line_on_fake_devices(tmp_path):
     assert json.load(f)["mesh"] == {"data": 2, "fsdp": 8, "tensor": 1}
 
 
-def test_bench_train_reports_every_key():
+def test_bench_train_reports_every_key(tmp_path):
   config = small_config()
-  result = bench_train(config, steps=2, peak_matmul_size=256)
+  result = bench_train(config, steps=2, peak_matmul_size=256,
+                       profile_dir=str(tmp_path / "trace"))
+  # The timed steps' trace, for TensorBoard's profile plugin / xprof.
+  assert glob.glob(str(tmp_path / "trace" / "**" / "*.xplane.pb"), recursive=True)
   for key in ("step_s", "tokens_per_s", "model_flops_per_step", "achieved_flops",
               "peak_flops", "mfu"):
     assert result[key] > 0, key

@@ -71,7 +71,7 @@ COMMAND_FLAGS: dict[str, dict[str, str]] = {
                       "bench_repeats": "Timed runs per mode."},
     "bench train": {"config": "", "json": "Where to write the figures.",
                     "mesh": "Mesh sizes, e.g. data:1 (default: config.mesh).",
-                    "bench_repeats": "Timed steps."},
+                    "bench_repeats": "Timed steps.", "bench_profile": ""},
     "bench tokenizer": {
         "variant": "Cosmos variant: CV4x8x8, CV8x8x8, CV8x16x16 or a -narrow one.",
         "num_frames": "Frames per clip (0 = 17).", "resolution": "Frame size (square).",

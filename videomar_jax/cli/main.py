@@ -100,6 +100,8 @@ _JSON = flags.DEFINE_string("json", None, "bench: where to write the figures.")
 _GRID = flags.DEFINE_integer("bench_grid", 16, "bench sampler: tokens per frame side.")
 _BENCH_STEPS = flags.DEFINE_integer("bench_steps", 16, "bench sampler: unmasking steps per "
                                     "frame (S; the paper: N / S = 16).")
+_BENCH_PROFILE = flags.DEFINE_string("bench_profile", None, "bench train: write a jax.profiler "
+                                     "trace of the timed steps to this folder.")
 _BENCH_FRAMES = flags.DEFINE_integer("bench_frames", 6, "bench sampler: generated frames.")
 _REPEATS = flags.DEFINE_integer("bench_repeats", 3, "bench sampler: timed runs per mode; "
                                 "bench train: timed steps.")
@@ -436,7 +438,7 @@ def cmd_bench_train(_):
     config.mesh.update(sizes)
     config.mesh.num_devices = math.prod(sizes.values())  # e.g. data:1 on a 4-GPU host
   trainer.validate(config)
-  result = bench_train(config, steps=_REPEATS.value)
+  result = bench_train(config, steps=_REPEATS.value, profile_dir=_BENCH_PROFILE.value or "")
   text = json.dumps(result, indent=2)
   print(text, flush=True)
   if _JSON.value:

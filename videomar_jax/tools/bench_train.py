@@ -32,7 +32,10 @@ from videomar_jax.train import setup
 
 
 def bench_train(config: ml_collections.ConfigDict, steps: int = 10, stage_index: int = -1,
-                peak_matmul_size: int = 2048) -> dict:
+                peak_matmul_size: int = 2048, profile_dir: str = "") -> dict:
+  """See the module docstring; with `profile_dir`, the timed steps also run under a
+  `jax.profiler` trace written there (TensorBoard's profile plugin / xprof read it), which
+  adds some overhead to `step_s`."""
   # The schedule's length does not change the step's cost; 1000 steps keeps warmup short.
   experiment = setup.build(config, with_tokenizer=False, total_steps=1000)
   mesh, model, step = experiment.mesh, experiment.model, experiment.train_step
@@ -51,11 +54,15 @@ def bench_train(config: ml_collections.ConfigDict, steps: int = 10, stage_index:
   jax.block_until_ready(metrics)
   first = time.perf_counter() - start
   times = []
+  if profile_dir:
+    jax.profiler.start_trace(profile_dir)
   for _ in range(steps):
     start = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
+  if profile_dir:
+    jax.profiler.stop_trace()
   step_s = float(np.median(times))
 
   dtype = parse_dtype(config.model.dtype)
@@ -76,4 +83,5 @@ def bench_train(config: ml_collections.ConfigDict, steps: int = 10, stage_index:
       "peak_flops": peak, "peak_flops_per_device": peak_one,
       "peak_matmul_size": peak_matmul_size, "mfu": achieved / peak,
       "final_loss": float(np.asarray(metrics["loss"].addressable_data(0))),
+      "profile_dir": profile_dir,
   }
