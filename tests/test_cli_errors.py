@@ -116,7 +116,7 @@ def test_a_missing_config_file_is_one_line(tmp_path):
 
 def test_an_unknown_preset_is_one_line():
   line = _one_error_line(_cli("info", "--config=configs/videomar.py:huge"))
-  assert "unknown preset 'huge'; choose one of ['base', 'paper', 'small', 'tiny'" in line
+  assert "unknown preset 'huge'; choose one of ['base', 'paper', 'sampler_bench', 'small', 'tiny'" in line
 
 
 # Short names of the packaged configs (videomar_jax/config_files.py): the same file, the
@@ -133,7 +133,7 @@ def test_a_short_config_name_is_the_packaged_file_with_its_overrides():
 @pytest.mark.parametrize("spec, expected", [
     ("videomr:tiny", "--config=videomr:tiny: 'videomr' is neither a file nor a packaged "
      "config; the packaged configs are moving_mnist, tokenizer, videomar"),
-    ("huge", "unknown preset 'huge'; choose one of ['base', 'paper', 'small', 'tiny'"),
+    ("huge", "unknown preset 'huge'; choose one of ['base', 'paper', 'sampler_bench', 'small', 'tiny'"),
 ])
 def test_a_short_name_that_names_nothing_is_one_line_listing_the_configs(spec, expected):
   line = _one_error_line(_cli("info", f"--config={spec}"))
