@@ -72,6 +72,9 @@ def get_config(arg: str = "CV4x8x8-narrow") -> ml_collections.ConfigDict:
   config.train.eval_every = 500
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2
+  # A jax.profiler trace of steps start+1..stop into <workdir>/profile, e.g.
+  # `--config.train.profile_steps=10,15` (train/profiling.py); () = no trace.
+  config.train.profile_steps = ()
 
   # ---- Held-out evaluation and export.
   config.eval = ml_collections.ConfigDict()

@@ -220,6 +220,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.train.sample_every = 0
   config.train.sample_clips = 4
   config.train.sample_steps = 16
+  # A jax.profiler trace of a window of steps (train/profiling.py): (start, stop), e.g.
+  # `--config.train.profile_steps=10,15`, traces steps start+1..stop into <workdir>/profile
+  # (TensorBoard's profile plugin or xprof opens it); () = no trace.
+  config.train.profile_steps = ()
 
   if preset in ("tiny", "tiny_long"):
     # The recipe of docs/experiments.md (r2_token_drop at lr 3e-3, batch 4, 4-frame clips

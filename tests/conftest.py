@@ -13,6 +13,11 @@ _COMPILE_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _COMPILE_CACHE = tempfile.mkdtemp(prefix="videomar-test-xla-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILE_CACHE
+  # Every program, not only those that took JAX's default 1 s to compile: on a CPU most
+  # compile in less, and the command-line runs the tests launch (each a new process) and
+  # the other pytest-xdist worker (it inherits this environment from the controller, so
+  # the cache is one for the session) compile many of the same ones.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
@@ -104,3 +109,8 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: end-to-end tests that launch training processes "
       "(deselect with -m 'not slow')")
+  # pytest-xdist (3.6 on) hands out files in order of their number of tests, most first,
+  # unless told not to: that put a two-test file of minutes (test_multihost) last, alone
+  # on one worker while the other idled. Keep the order pytest_collection_modifyitems sets.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False

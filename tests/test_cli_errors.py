@@ -32,6 +32,8 @@ def _one_error_line(result):
     ("--config.stages[5].steps=3", "config.stages has 2 entries (indices 0 to 1)"),
     ("--config.model.num_heads=5", "model.width 128 is not divisible by model.num_heads 5"),
     ("--config.loss.mode=mar_typo", "loss.mode 'mar_typo' not in"),
+    ("--config.train.profile_steps=5,3", "config.train.profile_steps must be two step "
+     "numbers start,stop with 0 <= start < stop"),
 ])
 def test_a_bad_override_is_one_line_naming_the_key(override, expected):
   line = _one_error_line(_cli("info", TINY, override))

@@ -55,6 +55,17 @@ def _losses(model, params, tokens, draws, mode):
                                      num_cond=N_COND, h=H, w=W)
 
 
+_JITTED_LOSSES = {}
+
+
+def _jitted_losses(model, mode):
+  """`_losses` compiled, one program per (model, mode) for the whole module."""
+  key = (id(model), mode)
+  if key not in _JITTED_LOSSES:
+    _JITTED_LOSSES[key] = jax.jit(functools.partial(_losses, model, mode=mode))
+  return _JITTED_LOSSES[key]
+
+
 def _z(model, params, tokens, draws, mode):
   return next_frame.conditions_and_targets(model, params, tokens, draws, mode=mode,
                                            num_cond=N_COND, h=H, w=W)[0]
@@ -64,8 +75,10 @@ def _z(model, params, tokens, draws, mode):
 def test_frame_k_loss_is_the_same_in_both_modes(setup, k):
   model, params, tokens = setup
   all_draws = _draws(model, "all_frames")
-  all_losses = _losses(model, params, tokens, all_draws, "all_frames")
-  paper_losses = _losses(model, params, tokens, _paper_draws_for_frame(all_draws, k), "paper")
+  # Compiled once for the module (run op by op, the model's many small ops cost minutes).
+  all_losses = _jitted_losses(model, "all_frames")(params, tokens, all_draws)
+  paper_losses = _jitted_losses(model, "paper")(params, tokens,
+                                                _paper_draws_for_frame(all_draws, k))
   np.testing.assert_allclose(paper_losses[:, :, 0], all_losses[:, :, k - N_COND],
                              rtol=1e-4, atol=1e-5)
 
@@ -143,7 +156,7 @@ def test_loss_is_finite_and_differentiable(setup):
       loss_fn = lambda p: next_frame.next_frame_loss(model, p, tokens, jax.random.key(0),
                                                           _settings(model),
                                                      h=H, w=W)[0]
-      loss, grads = jax.value_and_grad(loss_fn)(params)
+      loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)  # compiled: seconds
     finally:
       model.config.loss.mode = "paper"
     assert np.isfinite(loss)

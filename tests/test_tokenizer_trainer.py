@@ -1,6 +1,7 @@
 """Training a Cosmos tokenizer from scratch: loss goes down, resume is exact, the result is a
 tokenizer directory with a held-out PSNR report."""
 
+import glob
 import importlib.util
 import json
 import os
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from videomar_jax.errors import ConfigError
 from videomar_jax.tokenizers import store
 from videomar_jax.tokenizers.cosmos_tokenizer import CosmosTokenizer
 from videomar_jax.train import loop, tokenizer_trainer
@@ -40,7 +42,9 @@ def _config(data_dir, **overrides):
 def test_trains_resumes_exactly_and_exports(tmp_path):
   data_dir = str(tmp_path / "data")
   workdir = str(tmp_path / "run")
-  summary = tokenizer_trainer.train(_config(data_dir), workdir)
+  config = _config(data_dir)
+  config.train.profile_steps = (2, 4)
+  summary = tokenizer_trainer.train(config, workdir)
   first = read_metrics(workdir)
   assert list(first) == list(range(1, 13))
   losses = [first[s]["loss"] for s in range(1, 13)]
@@ -56,6 +60,9 @@ def test_trains_resumes_exactly_and_exports(tmp_path):
   tokenizer = CosmosTokenizer.from_directory(os.path.join(workdir, "tokenizer"))
   assert tokenizer.latent_scale == pytest.approx(summary["latent_scale"])
   assert store.load(os.path.join(workdir, "tokenizer")).variant == "CV4x8x8-narrow"
+  # train.profile_steps=(2, 4): a jax.profiler trace of steps 3..4 under <workdir>/profile.
+  traces = glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.xplane.pb"))
+  assert len(traces) == 1, traces
 
   # Drop the last checkpoint: the run resumes at step 6 and repeats steps 7..12 exactly
   # (same parameters, optimiser state and data-iterator position).
@@ -77,3 +84,13 @@ def test_non_finite_loss_stops_without_overwriting(tmp_path):
 def test_bad_clip_length_is_named(tmp_path):
   with pytest.raises(ValueError, match=r"1 \+ k \* 4"):
     tokenizer_trainer.train(_config(str(tmp_path / "data"), num_frames=8), str(tmp_path / "r"))
+
+
+@pytest.mark.parametrize("window, expected", [((4, 2), "got 4,2"),
+                                              ((12, 14), "starts after the last step (12)")])
+def test_bad_profile_window_is_named(tmp_path, window, expected):
+  config = _config(str(tmp_path / "data"))
+  config.train.profile_steps = window
+  with pytest.raises(ConfigError, match="config.train.profile_steps") as info:
+    tokenizer_trainer.train(config, str(tmp_path / "r"))
+  assert expected in str(info.value)

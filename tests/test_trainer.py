@@ -91,9 +91,9 @@ def test_train_step_updates_params_ema_and_step():
   assert float(metrics["loss"]) == float(metrics2["loss"])
 
 
-def test_curriculum_checkpoints_logs_and_resume(tmp_path, data_dir):
+def test_curriculum_checkpoints_logs_profile_and_resume(tmp_path, data_dir, capsys):
   workdir = str(tmp_path / "run")
-  config = _config(data_dir)
+  config = _config(data_dir, profile_steps=(1, 3))
   summary = trainer.train(config, workdir)
   assert summary == {"status": "done", "step": 8}
   metrics = read_metrics(workdir)
@@ -105,10 +105,30 @@ def test_curriculum_checkpoints_logs_and_resume(tmp_path, data_dir):
   with open(f"{workdir}/train_summary.json") as f:
     assert json.load(f)["steps"] == 8
   assert os.path.getsize(f"{workdir}/loss_curve.png") > 1000
-  # A longer curriculum on the same workdir resumes at step 8 inside the extended stage 1.
+  # profile_steps=(1, 3): one jax.profiler trace of steps 2..3, holding the train step's work.
+  traces = glob.glob(f"{workdir}/profile/plugins/profile/*/*.xplane.pb")
+  assert len(traces) == 1, traces
+  with open(traces[0], "rb") as f:
+    assert b"jit(train_step)" in f.read()
+  assert f"Profiler trace of steps 2..3 written to {traces[0]}" in capsys.readouterr().out
+  # A longer curriculum on the same workdir resumes at step 8 inside the extended stage 1
+  # (past the profiled window: no second trace).
   config.stages[1].steps = 6
   summary = trainer.train(config, workdir)
   assert summary["step"] == 10 and sorted(read_metrics(workdir)) == list(range(1, 11))
+  assert glob.glob(f"{workdir}/profile/plugins/profile/*/*.xplane.pb") == traces
+
+
+@pytest.mark.parametrize("window, expected", [
+    ((3, 3), "got 3,3"), ((5, 2), "got 5,2"), ((-1, 2), "got -1,2"), ((1, 2, 3), "got (1, 2, 3)"),
+    (("a", "b"), "got ('a', 'b')"), ((8, 10), "starts after the run's last step (8)"),
+])
+def test_a_bad_profile_window_is_a_config_error(window, expected):
+  config = small_config()
+  config.train.profile_steps = window
+  with pytest.raises(ConfigError, match="config.train.profile_steps") as info:
+    trainer.validate(config)
+  assert expected in str(info.value) and "\n" not in str(info.value)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

@@ -28,12 +28,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from videomar_jax.data import pipeline, sources
+from videomar_jax.errors import ConfigError
 from videomar_jax.io import video_io
 from videomar_jax.tokenizers import store
 from videomar_jax.tokenizers.base import unit_to_video, video_to_unit
 from videomar_jax.tokenizers.cosmos import (CosmosAutoencoder, abstract_params, get_variant,
                                             random_params)
-from videomar_jax.train import loop
+from videomar_jax.train import loop, profiling
 from videomar_jax.train import optimizer as optim_lib
 from videomar_jax.train.checkpoint import Checkpointer
 from videomar_jax.train.loss_report import write_loss_report
@@ -115,6 +116,10 @@ def validate(config, network) -> None:
   if jax.process_count() != 1:
     raise ValueError("tokenizer training runs in one process (data parallel over its "
                      "local devices).")
+  window = profiling.parse_window(config.train.profile_steps)
+  if window is not None and window[0] >= config.steps:
+    raise ConfigError(f"config.train.profile_steps={window[0]},{window[1]} starts after the "
+                      f"last step ({config.steps}): nothing would be traced.")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -187,12 +192,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   status = "done"
   log = loop.MetricsLog(workdir, step, config.steps, checkpointer, schedule,
                         shown=("loss", "psnr", "grad_norm"))
+  profiler = profiling.StepProfiler(config.train.profile_steps, workdir)
   try:
     with loop.PreemptionFlag() as preemption:
       while step < config.steps:
         video = jax.device_put(next(data_iter)["video"], batch_sharding)
+        profiler.before_step(step)
         state, metrics = step_fn(state, video)
         step += 1
+        profiler.after_step(step, (state, metrics))
         log.count_step()
         save = loop.must_save(step, config.steps, config.train.checkpoint_every,
                               preemption.raised)
@@ -209,7 +217,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if preemption.raised:
           print(preemption.stop_message(step), flush=True)
           return {"status": "preempted", "step": step}
+    profiler.close(state)  # a window past the last step ends with the run
   finally:
+    profiler.close()  # stopping early (preemption, an error): the trace so far
     log.close()
     checkpointer.close()
 

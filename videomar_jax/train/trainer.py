@@ -38,7 +38,7 @@ from videomar_jax.losses import next_frame
 from videomar_jax.parallel import partition
 from videomar_jax.tokenizers import base as tokenizer_base
 from videomar_jax.tokenizers import store, tokenizer_geometry
-from videomar_jax.train import compilation_cache, loop, setup
+from videomar_jax.train import compilation_cache, loop, profiling, setup
 from videomar_jax.train.checkpoint import Checkpointer, ResumeMismatchError, model_differences
 from videomar_jax.train.loss_report import write_loss_report
 from videomar_jax.train.loop import NonFiniteLossError  # pylint: disable=unused-import
@@ -107,6 +107,15 @@ def validate(config: ml_collections.ConfigDict, tokenizer=None, mesh=None) -> No
     if t <= config.loss.num_cond_frames:
       raise ConfigError(f"{key}: {t} latent frames leave nothing to predict after "
                         f"loss.num_cond_frames = {config.loss.num_cond_frames} given frame(s).")
+  _check_profile_window(config)
+
+
+def _check_profile_window(config: ml_collections.ConfigDict) -> None:
+  window = profiling.parse_window(config.train.profile_steps)
+  total_steps = sum(stage.steps for stage in config.stages)
+  if window is not None and window[0] >= total_steps:
+    raise ConfigError(f"config.train.profile_steps={window[0]},{window[1]} starts after the "
+                      f"run's last step ({total_steps}): nothing would be traced.")
 
 
 def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -225,6 +234,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, init_params, sample_
   # ---- Loop over curriculum stages.
   log = loop.MetricsLog(workdir, step, total_steps, checkpointer, experiment.schedule,
                         is_main=is_main)
+  profiler = profiling.StepProfiler(config.train.profile_steps, workdir, is_main=is_main)
   config_written = False
   try:
     with loop.PreemptionFlag() as preemption:
@@ -272,8 +282,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, init_params, sample_
                       file=sys.stderr, flush=True)
             raise
           batch = partition.global_batch({data.batch_key: record[data.batch_key]}, mesh)
+          profiler.before_step(step)
           state, metrics = experiment.train_step(state, batch)
           step += 1
+          profiler.after_step(step, (state, metrics))
           # Read the previous step's metrics while this one runs (no per-step stall).
           if pending is not None:
             _log_step(log, *pending)
@@ -302,7 +314,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, init_params, sample_
               print(preemption.stop_message(step), flush=True)
             status = "preempted"
             return {"status": status, "step": step}
+    profiler.close(state)  # a window past the last step ends with the run
   finally:
+    profiler.close()  # stopping early (preemption, an error): the trace so far
     log.close()
     checkpointer.close()
   if not is_main:
