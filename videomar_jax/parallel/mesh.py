@@ -76,5 +76,6 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
       device_array = mesh_utils.create_device_mesh(shape, devices=devices)
     except NotImplementedError as e:  # each axis must be a product of physical axes
       raise ConfigError(f"mesh {sizes} does not map onto the slice's physical axes: "
-                        f"{str(e).split('. ')[0]}.") from None
+                        f"{str(e).split('. ')[0]}; choose sizes that are each a product "
+                        "of the slice's axes (e.g. --mesh=fsdp:-1).") from None
   return jax.sharding.Mesh(device_array, MESH_AXES)
