@@ -19,6 +19,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   # the cache is one for the session) compile many of the same ones.
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# XLA:CPU at LLVM optimisation level 0 for the suite (and the processes it launches): the
+# test programs are tiny, so compiling them is most of their cost, and level 0 halves it
+# (a 2-layer train step: 12 s -> 6 s); the heavy kernels (matmuls, convolutions) are
+# library calls that run as fast either way. Every comparison a test makes is between
+# programs compiled alike. VIDEOMAR_TEST_XLA_OPT=default tests what users compile.
+if os.environ.get("VIDEOMAR_TEST_XLA_OPT", "0") != "default":
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+      os.environ.get("XLA_FLAGS", ""),
+      f"--xla_backend_optimization_level={os.environ.get('VIDEOMAR_TEST_XLA_OPT', '0')}"]))
+
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import ml_collections

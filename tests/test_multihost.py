@@ -44,7 +44,9 @@ def _command(workdir, data_dir, steps, *extra):
 
 def _env(num_devices):
   return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+              XLA_FLAGS=" ".join(filter(None, [
+                  os.environ.get("XLA_FLAGS", ""),  # conftest's compiler settings
+                  f"--xla_force_host_platform_device_count={num_devices}"])))
 
 
 def _run_processes(commands, env):
