@@ -25,7 +25,10 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from orbax.checkpoint._src.metadata import array_metadata_store  # pinned: constraints.txt
+# Orbax internals (version pinned in launch/constraints.txt): the default array handler's
+# metadata store, and the registry call that can leave out the override warning.
+from orbax.checkpoint._src.metadata import array_metadata_store
+from orbax.checkpoint._src.serialization import type_handler_registry
 from etils import epath
 from jax.experimental import multihost_utils
 import numpy as np
@@ -118,10 +121,11 @@ def _write_replicated_arrays_once_per_process() -> None:
   nothing, and it costs a device slice per piece per save: thousands of dispatches for a
   model replicated over 4 devices (3.4 s a save for the 2-layer test model). One process
   writes each shard whole; with several processes Orbax's default stays."""
-  ocp.type_handlers.register_type_handler(
+  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
       jax.Array, ocp.type_handlers.ArrayHandler(
           use_replica_parallel=jax.process_count() > 1,
-          array_metadata_store=array_metadata_store.Store()), override=True)
+          array_metadata_store=array_metadata_store.Store()),
+      override=True, ignore_warnings=True)
 
 
 class Checkpointer:
