@@ -120,10 +120,12 @@ def _write_replicated_arrays_once_per_process() -> None:
   slice of it, so that several hosts share the writing. In one process that gains
   nothing, and it costs a device slice per piece per save: thousands of dispatches for a
   model replicated over 4 devices (3.4 s a save for the 2-layer test model). One process
-  writes each shard whole; with several processes Orbax's default stays."""
+  writes each shard whole; with several processes Orbax's default stays (None: Orbax
+  picks, and it turns replica-parallel off on GPUs). The handler is Orbax's process-wide
+  one for jax.Array, so this replaces any other registered there."""
   type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
       jax.Array, ocp.type_handlers.ArrayHandler(
-          use_replica_parallel=jax.process_count() > 1,
+          use_replica_parallel=False if jax.process_count() == 1 else None,
           array_metadata_store=array_metadata_store.Store()),
       override=True, ignore_warnings=True)
 
