@@ -103,6 +103,11 @@ _BENCH_STEPS = flags.DEFINE_integer("bench_steps", 16, "bench sampler: unmasking
 _BENCH_PROFILE = flags.DEFINE_string("bench_profile", None, "bench train: write a jax.profiler "
                                      "trace of the timed steps to this folder.")
 _BENCH_FRAMES = flags.DEFINE_integer("bench_frames", 6, "bench sampler: generated frames.")
+_BENCH_MODES = flags.DEFINE_list("bench_modes", "kv_cache,no_cache,next_token", "bench "
+                                 "sampler: the modes to time (comma-separated).")
+_BENCH_SPLIT = flags.DEFINE_bool("bench_time_split", True, "bench sampler: also time each mode "
+                                 "with a 2-step head, to split transformer and head time "
+                                 "(doubles the runs).")
 _REPEATS = flags.DEFINE_integer("bench_repeats", 3, "bench sampler: timed runs per mode; "
                                 "bench train: timed steps.")
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -456,7 +461,9 @@ def cmd_bench_sampler(_):
   try:
     result = bench.bench_sampler(config, grid_side=_GRID.value, repeats=_REPEATS.value,
                                  steps_per_frame=_BENCH_STEPS.value,
-                                 generated_frames=_BENCH_FRAMES.value)
+                                 generated_frames=_BENCH_FRAMES.value,
+                                 modes=tuple(_BENCH_MODES.value),
+                                 time_split=_BENCH_SPLIT.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   text = json.dumps(result, indent=2)

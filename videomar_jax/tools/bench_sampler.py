@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from videomar_jax.models.videomar import parse_dtype
 from videomar_jax.sampling.generate import (SAMPLER_MODES, SamplerSettings, cache_groups,
                                            generate, unmask_schedule)
 from videomar_jax.tokenizers import model_token_dim
@@ -32,8 +33,16 @@ DEFAULT_GRID, DEFAULT_STEPS, DEFAULT_FRAMES = 16, 16, 6
 DEFAULT_PRESET = "sampler_bench"  # configs/videomar.py
 
 
-def measure_peak_flops(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
-  """FLOP/s of a large square matmul on the default device (median of `repeats`)."""
+def peak_matmul_size() -> int:
+  """The matmul side that nears a device's peak: 2048 on CPU; an accelerator needs a larger
+  one (a 2048 matmul takes microseconds on a GPU, mostly launch overhead)."""
+  return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def measure_peak_flops(size: int | None = None, repeats: int = 5, dtype=jnp.float32) -> float:
+  """FLOP/s of a large square matmul on the default device (median of `repeats`);
+  `size` None = `peak_matmul_size()`."""
+  size = size or peak_matmul_size()
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   matmul = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(matmul(a, a))
@@ -101,6 +110,10 @@ def bench_sampler(config: ml_collections.ConfigDict, grid_side: int = DEFAULT_GR
   on the same input; returns the figures (see the module docstring)."""
   log = log or (lambda line: print(line, flush=True))
   n = grid_side * grid_side
+  unknown = [mode for mode in modes if mode not in SAMPLER_MODES]
+  if unknown or not modes:
+    raise ValueError(f"--bench_modes={','.join(modes)}: choose one or more of "
+                     f"{','.join(SAMPLER_MODES)}.")
   if not 1 <= steps_per_frame <= n:
     raise ValueError(f"--bench_steps={steps_per_frame} must be in [1, {n}] (tokens per frame "
                      f"at --bench_grid={grid_side}).")
@@ -143,6 +156,6 @@ def bench_sampler(config: ml_collections.ConfigDict, grid_side: int = DEFAULT_GR
       if mode in modes:
         result[f"speedup_{mode}_over_kv"] = result[f"{mode}_s"] / result["kv_cache_s"]
     result["achieved_flops"] = result["kv_cache_flops"] / result["kv_cache_s"]
-  result["peak_flops"] = measure_peak_flops()
+  result["peak_flops"] = measure_peak_flops(dtype=parse_dtype(config.model.dtype))
   result["device"] = str(jax.devices()[0].device_kind)
   return result

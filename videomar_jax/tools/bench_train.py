@@ -28,11 +28,12 @@ from videomar_jax.tools import flops
 from videomar_jax.models.videomar import parse_dtype
 from videomar_jax.parallel import partition
 from videomar_jax.tools.bench_sampler import measure_peak_flops
+from videomar_jax.tools.bench_sampler import peak_matmul_size as default_peak_matmul_size
 from videomar_jax.train import setup
 
 
 def bench_train(config: ml_collections.ConfigDict, steps: int = 10, stage_index: int = -1,
-                peak_matmul_size: int = 2048, profile_dir: str = "") -> dict:
+                peak_matmul_size: int | None = None, profile_dir: str = "") -> dict:
   """See the module docstring; with `profile_dir`, the timed steps also run under a
   `jax.profiler` trace written there (TensorBoard's profile plugin / xprof read it), which
   adds some overhead to `step_s`."""
@@ -66,13 +67,15 @@ def bench_train(config: ml_collections.ConfigDict, steps: int = 10, stage_index:
   step_s = float(np.median(times))
 
   dtype = parse_dtype(config.model.dtype)
+  peak_matmul_size = peak_matmul_size or default_peak_matmul_size()
   peak_one = measure_peak_flops(peak_matmul_size, dtype=dtype)
   model_flops = flops.train_flops_per_example(config, stage.num_frames, stage.resolution,
                                               model.token_dim) * batch_size
   achieved = model_flops / step_s
   peak = peak_one * mesh.size
   return {
-      "preset": config.preset, "device": jax.devices()[0].device_kind,
+      "preset": config.preset, "width": config.model.width, "depth": config.model.depth,
+      "device": jax.devices()[0].device_kind,
       "num_devices": mesh.size, "mesh": dict(mesh.shape), "dtype": config.model.dtype,
       "batch_size": batch_size, "num_frames": stage.num_frames,
       "resolution": stage.resolution, "sequence_length": shape["sequence_length"],
