@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Iterator
 
-import av
 from PIL import Image
 
 from videomar_jax.io.video_io import VideoInputError, unreadable_error
@@ -55,13 +54,20 @@ def find_videos(root: str) -> list[Video]:
   return videos
 
 
+def _open(path: str):
+  """PyAV's container of a video file. PyAV (FFmpeg) is imported here, where a video is
+  read: a program that reads none (training on built data, benchmarks) never loads it."""
+  import av  # pylint: disable=g-import-not-at-top
+  return av.open(path)
+
+
 def count_frames(video: Video) -> int:
   """The frames of `video`, counted from its packets (read, not decoded); a
   `VideoInputError` naming the file when it cannot be read."""
   if video.frames:
     return len(video.frames)
   try:
-    with av.open(video.path) as container:
+    with _open(video.path) as container:
       if not container.streams.video:
         raise VideoInputError(f"{video.path}: holds no video stream.")
       return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
@@ -90,7 +96,7 @@ def iter_frames(video: Video, stride: int = 1,
     return
   kept = 0
   try:
-    with av.open(video.path) as container:
+    with _open(video.path) as container:
       if not container.streams.video:
         raise VideoInputError(f"{video.path}: holds no video stream.")
       stream = container.streams.video[0]

@@ -125,6 +125,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   if mask is not None:
     mask = jnp.asarray(mask, bool)
     mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    if implementation == "cudnn":
+      # cuDNN takes the mask as a bias of whole query and key lengths (batch and heads may
+      # still broadcast): a key-only mask [B, 1, 1, Sk], the text context's, is spelled out.
+      mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
