@@ -87,3 +87,23 @@ def test_implementation_choice():
   assert resolve_implementation("reference", jnp.float32, 64) == "reference"
   with pytest.raises(ValueError, match="not in"):
     resolve_implementation("flash", jnp.float32, 64)
+
+
+def test_cudnn_is_given_masks_of_whole_query_and_key_lengths(monkeypatch):
+  # cuDNN takes a mask only as a bias of the whole [Sq, Sk] (it refused the text context's
+  # key-only [B, 1, 1, Sk] mask on a GPU: "Bias must have same seq length as QKV"). No
+  # cuDNN here, so the call is intercepted: its mask, and XLA's result on the same inputs.
+  seen = []
+  xla = jax.nn.dot_product_attention
+
+  def fake_cudnn(q, k, v, mask=None, implementation=None):
+    seen.append(mask.shape)
+    return xla(q, k, v, mask=mask, implementation="xla")
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", fake_cudnn)
+  q, k, v = _qkv(5, 7)
+  key_only = jnp.arange(7)[None, None, None, :] < jnp.array([4, 7])[:, None, None, None]
+  out = dot_product_attention(q, k, v, key_only, implementation="cudnn")
+  assert seen == [(B, 1, 5, 7)]
+  reference = dot_product_attention(q, k, v, key_only, implementation="reference")
+  np.testing.assert_allclose(out, reference, rtol=RTOL, atol=ATOL)
