@@ -106,6 +106,8 @@ def test_invalid_configs_are_rejected():
     CosmosConfig(temporal_compression_ratio=6)
   with pytest.raises(ValueError, match="dtype"):
     CosmosConfig(dtype="float64")
+  with pytest.raises(ValueError, match="conv3x3='fft' is not one of"):
+    CosmosConfig(conv3x3="fft")
   # Two down-sampling blocks cannot reach 4 * 2**3 = 32x spatial compression.
   with pytest.raises(ValueError, match="spatial downsamplers"):
     CosmosConfig(spatial_compression_ratio=32)
@@ -224,3 +226,23 @@ def test_call_and_bfloat16_compute():
   assert y16.dtype == jnp.bfloat16 and y16.shape == video.shape
   rel = float(np.abs(np.asarray(y16, np.float32) - y32).max() / np.abs(y32).max())
   assert rel < 5e-2, rel
+
+
+def test_winograd_and_direct_3x3_convs_compute_the_same_network():
+  # conv3x3 is computation only (like dtype): the same weights give the same latents and
+  # videos either way, up to float32 rounding; diffusers' config never carries it.
+  cfg = get_variant("CV4x8x8-narrow")
+  params = random_params(cfg, seed=2)
+  video = np.random.default_rng(5).uniform(-1, 1, (1, 9, 16, 24, 3)).astype(np.float32)
+  outputs, convs = {}, {}
+  for algorithm in ("winograd", "direct"):
+    model = CosmosAutoencoder(dataclasses.replace(cfg, conv3x3=algorithm))
+    convs[algorithm] = str(jax.make_jaxpr(lambda p, v, m=model: m.apply(
+        {"params": p}, v, method=m.encode))(params, video)).count("conv_general_dilated")
+    z = jax.jit(lambda p, v, m=model: m.apply({"params": p}, v, method=m.encode))(params, video)
+    y = jax.jit(lambda p, z, m=model: m.apply({"params": p}, z, method=m.decode))(params, z)
+    outputs[algorithm] = (np.asarray(z), np.asarray(y))
+  for got, want in zip(outputs["winograd"], outputs["direct"]):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+  assert convs["direct"] > convs["winograd"], convs  # the two really ran differently
+  assert "conv3x3" not in dataclasses.replace(cfg, conv3x3="direct").to_diffusers()

@@ -134,7 +134,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Setup.
   network = dataclasses.replace(get_variant(config.variant), dtype=config.dtype)
   validate(config, network)
-  model = CosmosAutoencoder(network)
+  # Direct 3x3 convs: faster to differentiate than Winograd's (CosmosConfig.conv3x3); the
+  # tokenizer it writes keeps the default, Winograd for inference on a CPU.
+  model = CosmosAutoencoder(dataclasses.replace(network, conv3x3="direct"))
   devices = jax.local_devices()[:config.num_devices or None]
   if config.batch_size % len(devices):
     raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
@@ -224,15 +226,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer.close()
 
   # ---- Export and report.
+  # encode / reconstruct take the params where training left them (host copies would be
+  # placed differently and recompile them); the tokenizer is written from a host copy.
   params = jax.device_get(state.params)
-  latents = np.concatenate([np.asarray(encode(params, held_out[i:i + config.batch_size]))
+  latents = np.concatenate([np.asarray(encode(state.params, held_out[i:i + config.batch_size]))
                             for i in range(0, len(held_out), config.batch_size)])
   latent_std = float(latents.std())
   scale = config.latent_scale or float(f"{1.0 / max(latent_std, 1e-6):.4g}")
   out = store.save(os.path.join(workdir, "tokenizer"), get_variant(config.variant), params,
                    variant=config.variant, latent_scale=scale,
                    source=f"videomar tokenizer train, {workdir}, step {step}")
-  final_psnr, recon = evaluate(reconstruct, params, held_out, return_videos=True)
+  final_psnr, recon = evaluate(reconstruct, state.params, held_out, return_videos=True)
   report_dir = os.path.join(workdir, "report")
   os.makedirs(report_dir, exist_ok=True)
   gap = np.full(held_out.shape[:3] + (2, 3), 255, np.uint8)

@@ -129,6 +129,12 @@ def _winograd_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return y.reshape(n, 2 * th, 2 * tw, o)[:, :h, :w]
 
 
+def _use_winograd(conv3x3: str) -> bool:
+  if conv3x3 == "auto":
+    return jax.default_backend() == "cpu"
+  return conv3x3 == "winograd"
+
+
 def _upsampled_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A ``3x3`` conv (zero padding 1) of ``x`` nearest-upsampled 2x in H and W, computed at
   the low resolution: ``[N, H, W, C]`` -> ``[N, 2H, 2W, O]`` with 16 instead of 36 taps per
@@ -169,12 +175,15 @@ class CausalConv3d(nn.Module):
     strides: ``(sT, sH, sW)``.
     padding: zeros added on both sides of H and W, or ``((top, bottom), (left, right))``.
     dtype: compute dtype.
+    conv3x3: how a ``(1, 3, 3)`` stride-1 conv with padding 1 is computed: "winograd",
+      "direct" or "auto" (winograd on a CPU; see ``config.CONV3X3_ALGORITHMS``).
   """
   features: int
   kernel_size: tuple[int, int, int] = (1, 1, 1)
   strides: tuple[int, int, int] = (1, 1, 1)
   padding: int | tuple[tuple[int, int], tuple[int, int]] = 0
   dtype: Dtype = jnp.float32
+  conv3x3: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, frames: Sequence[int] | None = None,
@@ -209,7 +218,8 @@ class CausalConv3d(nn.Module):
           raise ValueError("upsample_hw needs a (1, 3, 3) kernel, stride 1, padding 1")
         y = _upsampled_conv3x3(x.reshape(b * t, h, w, c), kernel[0])
         return y.reshape(b, t, *y.shape[1:]) + bias
-      if (kh, kw, sh, sw) == (3, 3, 1, 1) and pad == ((1, 1), (1, 1)):
+      if ((kh, kw, sh, sw) == (3, 3, 1, 1) and pad == ((1, 1), (1, 1))
+          and _use_winograd(self.conv3x3)):
         return _winograd_conv3x3(x.reshape(b * t, h, w, c), kernel[0]).reshape(
             b, t, h, w, -1) + bias
       y = jax.lax.conv_general_dilated(
@@ -249,10 +259,12 @@ class ConvProjection3d(nn.Module):
   """``CosmosConvProjection3d``: factorised conv, ``(1,3,3)`` spatial then ``(3,1,1)`` causal."""
   features: int
   dtype: Dtype = jnp.float32
+  conv3x3: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = CausalConv3d(self.features, (1, 3, 3), padding=1, dtype=self.dtype, name="conv_s")(x)
+    x = CausalConv3d(self.features, (1, 3, 3), padding=1, dtype=self.dtype,
+                     conv3x3=self.conv3x3, name="conv_s")(x)
     return CausalConv3d(self.features, (3, 1, 1), dtype=self.dtype, name="conv_t")(x)
 
 
@@ -260,6 +272,7 @@ class ResnetBlock3d(nn.Module):
   """``CosmosResnetBlock3d``: norm-SiLU-conv twice, plus a 1x1x1 shortcut when widening."""
   features: int
   dtype: Dtype = jnp.float32
+  conv3x3: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -267,9 +280,10 @@ class ResnetBlock3d(nn.Module):
     if x.shape[-1] != self.features:
       residual = CausalConv3d(self.features, dtype=self.dtype, name="conv_shortcut")(x)
     h = CausalGroupNorm(dtype=self.dtype, name="norm1")(x)
-    h = ConvProjection3d(self.features, self.dtype, name="conv1")(nn.silu(h))
+    h = ConvProjection3d(self.features, self.dtype, self.conv3x3, name="conv1")(nn.silu(h))
     h = CausalGroupNorm(dtype=self.dtype, name="norm2")(h)
-    h = ConvProjection3d(self.features, self.dtype, name="conv2")(nn.silu(h))  # dropout 0
+    h = ConvProjection3d(self.features, self.dtype, self.conv3x3,
+                         name="conv2")(nn.silu(h))  # dropout 0
     return h + residual.astype(h.dtype)
 
 
@@ -387,7 +401,7 @@ def _resnets_and_attention(block: nn.Module, x: jax.Array) -> jax.Array:
   """The body shared by the down and up blocks, run inside ``block``'s compact scope:
   ``num_layers`` x (resnet [+ spatial + temporal attention]), named as in diffusers."""
   for i in range(block.num_layers):
-    x = ResnetBlock3d(block.features, block.dtype, name=f"resnets_{i}")(x)
+    x = ResnetBlock3d(block.features, block.dtype, block.conv3x3, name=f"resnets_{i}")(x)
     if block.attention:
       x = SpatialAttention(block.dtype, name=f"attentions_{i}")(x)
       x = TemporalAttention(block.dtype, name=f"temp_attentions_{i}")(x)
@@ -403,6 +417,7 @@ class DownBlock3d(nn.Module):
   spatial: bool
   temporal: bool
   dtype: Dtype = jnp.float32
+  conv3x3: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -415,14 +430,15 @@ class DownBlock3d(nn.Module):
 class MidBlock3d(nn.Module):
   """``CosmosMidBlock3d(num_layers=1)``: resnet, spatial + temporal attention, resnet."""
   dtype: Dtype = jnp.float32
+  conv3x3: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
-    x = ResnetBlock3d(c, self.dtype, name="resnets_0")(x)
+    x = ResnetBlock3d(c, self.dtype, self.conv3x3, name="resnets_0")(x)
     x = SpatialAttention(self.dtype, name="attentions_0")(x)
     x = TemporalAttention(self.dtype, name="temp_attentions_0")(x)
-    return ResnetBlock3d(c, self.dtype, name="resnets_1")(x)
+    return ResnetBlock3d(c, self.dtype, self.conv3x3, name="resnets_1")(x)
 
 
 class UpBlock3d(nn.Module):
@@ -436,6 +452,7 @@ class UpBlock3d(nn.Module):
   spatial: bool
   temporal: bool
   dtype: Dtype = jnp.float32
+  conv3x3: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:

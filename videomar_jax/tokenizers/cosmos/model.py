@@ -50,13 +50,14 @@ class CosmosEncoder(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
     x = patch3d(video.astype(dtype), cfg.patch_size, cfg.patch_type)
-    x = ConvProjection3d(cfg.encoder_block_out_channels[0], dtype, name="conv_in")(x)
+    conv3x3 = cfg.conv3x3
+    x = ConvProjection3d(cfg.encoder_block_out_channels[0], dtype, conv3x3, name="conv_in")(x)
     for i, stage in enumerate(cfg.encoder_stages()):
       x = DownBlock3d(stage.out_channels, cfg.num_layers, stage.attention, stage.spatial,
-                      stage.temporal, dtype, name=f"down_blocks_{i}")(x)
-    x = MidBlock3d(dtype, name="mid_block")(x)
+                      stage.temporal, dtype, conv3x3, name=f"down_blocks_{i}")(x)
+    x = MidBlock3d(dtype, conv3x3, name="mid_block")(x)
     x = nn.silu(CausalGroupNorm(dtype=dtype, name="norm_out")(x))
-    return ConvProjection3d(cfg.latent_channels, dtype, name="conv_out")(x)
+    return ConvProjection3d(cfg.latent_channels, dtype, conv3x3, name="conv_out")(x)
 
 
 class CosmosDecoder(nn.Module):
@@ -68,13 +69,15 @@ class CosmosDecoder(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
     stages = cfg.decoder_stages()
-    x = ConvProjection3d(stages[0].in_channels, dtype, name="conv_in")(z.astype(dtype))
-    x = MidBlock3d(dtype, name="mid_block")(x)
+    conv3x3 = cfg.conv3x3
+    x = ConvProjection3d(stages[0].in_channels, dtype, conv3x3, name="conv_in")(z.astype(dtype))
+    x = MidBlock3d(dtype, conv3x3, name="mid_block")(x)
     for i, stage in enumerate(stages):
       x = UpBlock3d(stage.out_channels, cfg.num_layers + 1, stage.attention, stage.spatial,
-                    stage.temporal, dtype, name=f"up_blocks_{i}")(x)
+                    stage.temporal, dtype, conv3x3, name=f"up_blocks_{i}")(x)
     x = nn.silu(CausalGroupNorm(dtype=dtype, name="norm_out")(x))
-    x = ConvProjection3d(cfg.out_channels * cfg.patch_size ** 3, dtype, name="conv_out")(x)
+    x = ConvProjection3d(cfg.out_channels * cfg.patch_size ** 3, dtype, conv3x3,
+                         name="conv_out")(x)
     return unpatch3d(x, cfg.patch_size, cfg.patch_type)
 
 
