@@ -124,6 +124,20 @@ def test_sampler_benchmark_reports_every_key():
     bench.bench_sampler(config, grid_side=3, steps_per_frame=10, log=lambda *_: None)
 
 
+def test_sampler_benchmark_runs_only_the_modes_asked_for():
+  # --bench_modes / --nobench_time_split: what launch/gpu_bench.sh runs, one mode a stage.
+  config = small_config()
+  config.head.num_sampling_steps = 5
+  result = bench.bench_sampler(config, grid_side=3, generated_frames=1, steps_per_frame=3,
+                               repeats=1, modes=("no_cache",), time_split=False,
+                               log=lambda *_: None)
+  assert result["no_cache_s"] > 0 and result["peak_flops"] > 0
+  assert not [key for key in result if key.startswith(("kv_cache", "next_token"))]
+  assert "no_cache_head_s" not in result  # no 2-step head run
+  with pytest.raises(ValueError, match="--bench_modes=warp: choose one or more of kv_cache"):
+    bench.bench_sampler(config, grid_side=3, modes=("warp",), log=lambda *_: None)
+
+
 def test_sampler_benchmark_flops_follow_the_cache_slices():
   # kv_cache reads frame f's slice of the cache: fewer FLOPs than over every slot, and far
   # fewer than re-running the clip (no_cache); the default preset is transformer-dominated.
