@@ -54,11 +54,12 @@ def find_videos(root: str) -> list[Video]:
   return videos
 
 
-def _open(path: str):
-  """PyAV's container of a video file. PyAV (FFmpeg) is imported here, where a video is
-  read: a program that reads none (training on built data, benchmarks) never loads it."""
+def _pyav():
+  """PyAV, imported where a video file is read: a program that reads none (training on
+  built data, benchmarks) never loads FFmpeg. Called outside the readers' `try`, so that a
+  broken install is its own error, not "cannot read <file>"."""
   import av  # pylint: disable=g-import-not-at-top
-  return av.open(path)
+  return av
 
 
 def count_frames(video: Video) -> int:
@@ -66,8 +67,9 @@ def count_frames(video: Video) -> int:
   `VideoInputError` naming the file when it cannot be read."""
   if video.frames:
     return len(video.frames)
+  av = _pyav()
   try:
-    with _open(video.path) as container:
+    with av.open(video.path) as container:
       if not container.streams.video:
         raise VideoInputError(f"{video.path}: holds no video stream.")
       return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
@@ -95,8 +97,9 @@ def iter_frames(video: Video, stride: int = 1,
       yield frame
     return
   kept = 0
+  av = _pyav()
   try:
-    with _open(video.path) as container:
+    with av.open(video.path) as container:
       if not container.streams.video:
         raise VideoInputError(f"{video.path}: holds no video stream.")
       stream = container.streams.video[0]

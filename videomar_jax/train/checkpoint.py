@@ -125,13 +125,13 @@ def _write_replicated_arrays_once_per_process() -> None:
     # override warning. pylint: disable=g-import-not-at-top
     from orbax.checkpoint._src.metadata import array_metadata_store
     from orbax.checkpoint._src.serialization import type_handler_registry
-  except ImportError:
-    return
-  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
-      jax.Array, ocp.type_handlers.ArrayHandler(
-          use_replica_parallel=False if jax.process_count() == 1 else None,
-          array_metadata_store=array_metadata_store.Store()),
-      override=True, ignore_warnings=True)
+    handler = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False if jax.process_count() == 1 else None,
+        array_metadata_store=array_metadata_store.Store())
+    type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
+        jax.Array, handler, override=True, ignore_warnings=True)
+  except (ImportError, AttributeError, TypeError):  # moved or re-signed in another release
+    pass
 
 
 class Checkpointer:

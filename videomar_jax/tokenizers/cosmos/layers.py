@@ -130,6 +130,8 @@ def _winograd_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _use_winograd(conv3x3: str) -> bool:
+  if conv3x3 not in ("auto", "winograd", "direct"):  # config.CONV3X3_ALGORITHMS
+    raise ValueError(f"conv3x3={conv3x3!r}: use 'auto', 'winograd' or 'direct'.")
   if conv3x3 == "auto":
     return jax.default_backend() == "cpu"
   return conv3x3 == "winograd"
